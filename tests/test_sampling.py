@@ -1,0 +1,145 @@
+"""Sampling: noise in, image out (generate_from_noise with DDPM and DDIM, guidance, trajectories)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import rollNumber_05 as ddpm
+from conftest import perturb_weights
+
+T = 50
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return ddpm.NoiseSchedule(T, "linear")
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny class-conditional U-Net with random (non-zero) weights, so its output depends on x, t and class."""
+    cfg = ddpm.Config(image_size=16, timesteps=T, patch_size=1, base_channels=8, channel_mults=[1, 2],
+                      attention_resolutions=[8], num_classes=3, conditional=True)
+    torch.manual_seed(0)
+    return perturb_weights(ddpm.UNet(cfg), scale=0.05).eval()
+
+
+def noise(n=2, seed=0):
+    return ddpm.seeded_noise(n, 16, seed)
+
+
+def sample(model, schedule, sampler, seed=0, x_T=None, **kwargs):
+    kwargs.setdefault("steps", 10)
+    kwargs.setdefault("labels", torch.tensor([0, 2]))
+    return ddpm.generate_from_noise(model, schedule, noise() if x_T is None else x_T, sampler, seed=seed, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def seed0_samples(model, schedule):
+    """{sampler: images} from the default noise, labels and seed 0; reused to keep the module quick."""
+    return {sampler: sample(model, schedule, sampler, seed=0) for sampler in ("ddpm", "ddim")}
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sampling_is_deterministic_given_seed(model, schedule, seed0_samples, sampler):
+    assert torch.equal(sample(model, schedule, sampler, seed=0), seed0_samples[sampler])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samples_have_input_shape_and_lie_in_data_range(seed0_samples, sampler):
+    x = seed0_samples[sampler]
+    assert x.shape == (2, 3, 16, 16)
+    assert x.min().item() >= -1 and x.max().item() <= 1
+    assert x.std().item() > 0.01  # not a constant image
+
+
+def test_ddpm_with_different_seeds_gives_different_images(model, schedule, seed0_samples):
+    other = sample(model, schedule, "ddpm", seed=1)
+    assert (other - seed0_samples["ddpm"]).abs().mean().item() > 1e-3
+
+
+def test_ddim_from_different_noise_gives_different_images(model, schedule, seed0_samples):
+    other = sample(model, schedule, "ddim", x_T=noise(seed=1))
+    assert (other - seed0_samples["ddim"]).abs().mean().item() > 1e-3
+
+
+def test_ddim_with_eta_zero_is_a_function_of_the_starting_noise_only(model, schedule, seed0_samples):
+    assert torch.equal(sample(model, schedule, "ddim", seed=7, eta=0.0), seed0_samples["ddim"])
+
+
+def test_ddim_with_eta_one_draws_fresh_noise_from_the_seed(model, schedule):
+    a, b = sample(model, schedule, "ddim", seed=0, eta=1.0), sample(model, schedule, "ddim", seed=7, eta=1.0)
+    assert (a - b).abs().mean().item() > 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_trajectory_runs_from_noise_at_T_to_image_at_0(model, schedule, sampler):
+    x_T = noise()
+    x, trajectory = sample(model, schedule, sampler, x_T=x_T, return_trajectory=True, trajectory_points=5)
+    steps = [t for t, _ in trajectory]
+    assert steps[0] == T and steps[-1] == 0
+    assert steps == sorted(steps, reverse=True) and len(set(steps)) == len(steps)
+    assert torch.equal(trajectory[0][1], x_T)
+    assert torch.equal(trajectory[-1][1], x)
+
+
+@pytest.mark.parametrize("steps", [2, 10, 49, T, 2 * T])
+def test_ddim_timesteps_fall_strictly_from_T_minus_1_to_0(steps):
+    ts = ddpm.sampling_timesteps(T, "ddim", steps)
+    assert ts[0] == T - 1 and ts[-1] == 0
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+    assert len(ts) == min(steps, T)
+
+
+def test_ddpm_timesteps_visit_every_step():
+    assert ddpm.sampling_timesteps(T, "ddpm", 10) == list(range(T - 1, -1, -1))
+
+
+def test_guidance_one_equals_plain_conditional_output(model):
+    x, t, labels = noise(), torch.tensor([10, 40]), torch.tensor([1, 2])
+    with torch.no_grad():
+        assert torch.equal(ddpm.guided_output(model, x, t, labels, 1.0), model(x, t, labels))
+
+
+def test_guidance_extrapolates_from_unconditional_towards_conditional(model):
+    x, t, labels = noise(), torch.tensor([10, 40]), torch.tensor([1, 2])
+    with torch.no_grad():
+        conditional, unconditional = model(x, t, labels), model(x, t, torch.full((2,), model.null_class))
+        guided = ddpm.guided_output(model, x, t, labels, 3.0)
+    assert torch.allclose(guided, unconditional + 3.0 * (conditional - unconditional), atol=1e-5)
+
+
+def test_guidance_one_sampling_equals_conditional_sampling(model, schedule):
+    plain = sample(model, schedule, "ddim", guidance=1.0)
+    # guidance 1 through the two-branch formula: u + 1 * (c - u) = c, up to rounding
+    with torch.no_grad():
+        x_T, labels = noise(), torch.tensor([0, 2])
+        x = x_T
+        ts = ddpm.sampling_timesteps(T, "ddim", 10)
+        for i, t_now in enumerate(ts):
+            t = torch.full((2,), t_now)
+            c = model(x, t, labels)
+            u = model(x, t, torch.full((2,), model.null_class))
+            eps, x0 = schedule.eps_and_x0(u + (c - u), x, t, "eps")
+            x = ddpm.ddim_step(schedule, x, t_now, ts[i + 1] if i + 1 < len(ts) else -1, eps, x0, 0.0, None)
+    assert torch.allclose(plain, x.clamp(-1, 1), atol=1e-4)
+
+
+class OracleDenoiser(nn.Module):
+    """The best possible noise predictor for a data set of one image: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
+    prediction, null_class = "eps", None
+
+    def __init__(self, schedule, x0):
+        super().__init__()
+        self.schedule, self.x0 = schedule, x0
+        self.unused = nn.Parameter(torch.zeros(1))  # generate_from_noise reads the device from a parameter
+
+    def forward(self, x_t, t, labels=None):
+        return self.schedule.predict_eps(x_t, t, self.x0.expand_as(x_t))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sampler_with_oracle_denoiser_returns_the_only_training_image(schedule, sampler):
+    x0 = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    oracle = OracleDenoiser(schedule, x0)
+    x = ddpm.generate_from_noise(oracle, schedule, ddpm.seeded_noise(3, 8, 1), sampler, steps=10, seed=0)
+    assert torch.allclose(x, x0.expand(3, -1, -1, -1), atol=1e-4)
