@@ -19,11 +19,11 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -727,8 +727,8 @@ class TrainLog:
     """log.csv: one row per --log-every steps. Losses are averaged over the window, also per quarter of the
     timestep range (t1 = the least noisy quarter), which shows where the model is still weak."""
 
-    def __init__(self, path, resume_step):
-        self.path = Path(path)
+    def __init__(self, path, resume_step, timesteps):
+        self.path, self.timesteps = Path(path), timesteps
         kept = []
         if resume_step and self.path.exists():  # rows written after the checkpoint will be written again
             with open(self.path, newline="") as f:
@@ -741,10 +741,12 @@ class TrainLog:
 
     def reset(self):
         self.sums, self.counts, self.grad_norm, self.steps = None, None, 0.0, 0
+        self.images, self.window_start = 0, time.time()
 
-    def add(self, losses, t, timesteps, grad_norm):
+    def add(self, losses, t, grad_norm, images):
         """Accumulates on the device; nothing is copied to the host until `write`."""
-        quarter = (t * 4 // timesteps).clamp(max=3)
+        self.images += images
+        quarter = (t * 4 // self.timesteps).clamp(max=3)
         sums = torch.zeros(4, device=t.device).index_add_(0, quarter, losses.detach().float())
         counts = torch.bincount(quarter, minlength=4).float()
         self.sums = sums if self.sums is None else self.sums + sums
@@ -753,8 +755,12 @@ class TrainLog:
         self.steps += 1
 
     def write(self, **values):
+        """Appends the window's row (None when every step in it was skipped) and starts a new window."""
+        if not self.steps:
+            return None
         sums, counts = self.sums.tolist(), self.counts.tolist()
-        row = {"loss": sum(sums) / sum(counts), "grad_norm": float(self.grad_norm) / self.steps, **values}
+        row = {"loss": sum(sums) / sum(counts), "grad_norm": float(self.grad_norm) / self.steps,
+               "images_per_s": self.images / (time.time() - self.window_start), **values}
         row.update({f"loss_t{q + 1}": (s / c if c else "") for q, (s, c) in enumerate(zip(sums, counts))})
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
@@ -789,9 +795,24 @@ def restore_training_state(payload, model, ema, optimizer, lr_schedule):
 
 
 def export_model(cfg, ema, step, path):
-    """The small file for sampling: EMA weights, config and class names; no optimiser state."""
+    """The small file for sampling: EMA weights in float16 (half the size; loading casts them back), config
+    and class names; no optimiser state."""
+    weights = {name: value.half() for name, value in ema.model.state_dict().items()}
     save_atomically({"config": dataclasses.asdict(cfg), "class_names": list(cfg.classes), "step": step,
-                     "ema": ema.model.state_dict()}, path)
+                     "ema": weights}, path)
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def write_run_info(out_dir, cfg, device, model, step, seconds):
+    """run_info.json: what the run cost and where it ran, for the report."""
+    info = {"device": device_name(device), "torch": torch.__version__, "parameters": count_parameters(model),
+            "steps": step, "images_seen": step * cfg.batch_size, "train_seconds": round(seconds, 1)}
+    (Path(out_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
 def load_training_data(cfg):
@@ -802,6 +823,23 @@ def load_training_data(cfg):
         for path, reason in data.skipped:
             print(f"  {path}: {reason}", file=sys.stderr)
     return data
+
+
+def train_step(model, forward_model, ema, optimizer, schedule, x0, labels, cfg, bf16, step):
+    """One AdamW update with gradient clipping and the EMA update. Returns (per-image losses, t, gradient norm),
+    or None when the loss or the gradients are not finite: then the update is skipped, so one bad batch cannot
+    poison the weights."""
+    with autocast(x0.device, bf16):
+        losses, t = training_loss(forward_model, schedule, x0, labels, cfg)
+    loss = losses.mean()
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    finite = torch.isfinite(loss + grad_norm).item()  # the one host sync of a step
+    if finite:
+        optimizer.step()
+        ema.update(model, step)
+    optimizer.zero_grad(set_to_none=True)
+    return (losses, t, grad_norm) if finite else None
 
 
 def train(cfg, out_dir, device="auto", resume=False, explicit=()):
@@ -837,7 +875,7 @@ def train(cfg, out_dir, device="auto", resume=False, explicit=()):
     images, labels = data.images.to(device), data.labels.to(device)  # the whole set lives on the device
     forward_model = torch.compile(model) if cfg.compile else model
     bf16 = use_bf16(cfg, device)
-    log = TrainLog(out_dir / "log.csv", step)
+    log = TrainLog(out_dir / "log.csv", step, cfg.timesteps)
     print(f"training {count_parameters(model) / 1e6:.2f} M parameters on {len(data)} images of "
           f"{', '.join(data.class_names)} at {cfg.image_size} px, {device.type}{' bf16' if bf16 else ''}; "
           f"{total_steps} steps ({cfg.epochs} epochs x {steps_per_epoch}) -> {out_dir}", file=sys.stderr)
@@ -846,40 +884,30 @@ def train(cfg, out_dir, device="auto", resume=False, explicit=()):
         save_training_checkpoint(out_dir, checkpoint_payload(cfg, step, model, ema, optimizer, lr_schedule, bad_steps))
 
     progress = Progress(total_steps, "train")
-    last_save, window_start, window_images, consecutive_bad = time.time(), time.time(), 0, 0
+    last_save, consecutive_bad = time.time(), 0
     with GracefulStop() as stop:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
             for batch in epoch_order(len(data), cfg.batch_size, epoch, cfg.seed)[offset:]:
                 batch = batch.to(device)
                 x0 = batch_to_model_input(images[batch], cfg.flip).contiguous(memory_format=memory_format)
-                with autocast(device, bf16):
-                    losses, t = training_loss(forward_model, schedule, x0, labels[batch] if cfg.conditional else None, cfg)
-                loss = losses.mean()
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if torch.isfinite(loss + grad_norm).item():  # one host sync per step checks loss and gradients
-                    optimizer.step()
-                    ema.update(model, step)
-                    log.add(losses, t, cfg.timesteps, grad_norm)
+                stats = train_step(model, forward_model, ema, optimizer, schedule, x0,
+                                   labels[batch] if cfg.conditional else None, cfg, bf16, step)
+                if stats:
+                    log.add(*stats, images=len(batch))
                     consecutive_bad = 0
-                else:  # skip the update: one bad batch must not poison the weights
+                else:
                     bad_steps, consecutive_bad = bad_steps + 1, consecutive_bad + 1
                     if consecutive_bad >= cfg.max_bad_steps:
                         save()
                         raise UserError(f"{consecutive_bad} non-finite losses in a row at step {step}; "
                                         f"saved the last good state in {checkpoint_dir(out_dir)}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
                 lr_schedule.step()
                 step += 1
-                window_images += len(batch)
-                if step % cfg.log_every == 0 and log.steps:
-                    now = time.time()
+                if step % cfg.log_every == 0 or step == total_steps:
                     row = log.write(step=step, epoch=step / steps_per_epoch, lr=lr_schedule.get_last_lr()[0],
-                                    images_per_s=window_images / (now - window_start), bad_steps=bad_steps,
-                                    elapsed_s=now - progress.start)
-                    window_start, window_images = now, 0
-                    progress.update(step, f"loss {row['loss']:.4f} {row['images_per_s']:.0f} img/s")
+                                    bad_steps=bad_steps, elapsed_s=time.time() - progress.start)
+                    progress.update(step, f"loss {row['loss']:.4f} {row['images_per_s']:.0f} img/s" if row else "")
                 if step % steps_per_epoch == 0 and cfg.sample_every and (step // steps_per_epoch) % cfg.sample_every == 0:
                     write_sample_grid(ema.model, schedule, cfg, out_dir / "samples" / f"epoch_{step // steps_per_epoch:05d}.png")
                 if stop.signal_name or (save_steps and step % save_steps == 0) or \
@@ -888,14 +916,16 @@ def train(cfg, out_dir, device="auto", resume=False, explicit=()):
                     last_save = time.time()
                 if stop.signal_name:
                     progress.close()
-                    print(f"stopped at step {step}; checkpoint saved. Continue with: python {Path(sys.argv[0]).name} "
-                          f"train --out-dir {out_dir} --resume", file=sys.stderr)
+                    export_model(cfg, ema, step, out_dir / "model.pt")  # samplable now, resumable later
+                    print(f"stopped at step {step}; checkpoint and model.pt saved. Continue with: python "
+                          f"{Path(sys.argv[0]).name} train --out-dir {out_dir} --resume", file=sys.stderr)
                     return out_dir
                 if step >= total_steps:
                     break
     progress.close()
     save()
     export_model(cfg, ema, step, out_dir / "model.pt")
+    write_run_info(out_dir, cfg, device, model, step, time.time() - progress.start)
     write_sample_grid(ema.model, schedule, cfg, out_dir / "samples" / "final.png")
     plot_loss_curve(read_log(out_dir / "log.csv"), out_dir / "loss_curve.png")
     print(f"done: {step} steps in {format_seconds(time.time() - progress.start)}; model {out_dir / 'model.pt'}",
@@ -1265,8 +1295,9 @@ def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, samp
               "nearest_distance_mean": float(distances[:, 0].mean()),
               "nearest_distance_min": float(distances[:, 0].min()),
               "memorisation_rate": memorisation_rate(distances)}
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_json).write_text(json.dumps(result, indent=2))
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2))
     if figure:
         plot_nearest_neighbours(samples, distances, figure, images if show_photos else None, indices)
     return result

@@ -164,21 +164,12 @@ def timed_runs(run, warmup, repeats, device):
 # Training throughput
 # ---------------------------------------------------------------------------------------------
 
-def train_step(model, forward_model, ema, optimizer, schedule, images, labels, cfg, step, bf16, memory_format):
-    """One step of rollNumber_05.train's loop, minus logging and checkpoints. (A candidate to move into the
-    script as its own function, so that this benchmark and train() run literally the same code.)"""
-    device = images.device
-    batch = torch.randint(len(images), (cfg.batch_size,), device=device)
+def bench_step(model, forward_model, ema, optimizer, schedule, images, labels, cfg, step, bf16, memory_format):
+    """One step of rollNumber_05.train's loop (its own train_step), minus logging and checkpoints."""
+    batch = torch.randint(len(images), (cfg.batch_size,), device=images.device)
     x0 = ddpm.batch_to_model_input(images[batch], cfg.flip).contiguous(memory_format=memory_format)
-    with ddpm.autocast(device, bf16):
-        losses, _ = ddpm.training_loss(forward_model, schedule, x0, labels[batch] if cfg.conditional else None, cfg)
-    loss = losses.mean()
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    if torch.isfinite(loss + grad_norm).item():  # the trainer's one host sync per step
-        optimizer.step()
-        ema.update(model, step)
-    optimizer.zero_grad(set_to_none=True)
+    ddpm.train_step(model, forward_model, ema, optimizer, schedule, x0, labels[batch] if cfg.conditional else None,
+                    cfg, bf16, step)
 
 
 def flops_per_image(model, schedule, cfg, bf16, memory_format, device, batch=2):
@@ -213,7 +204,7 @@ def measure_training(kind, image_size, peer, device, args):
     images = torch.randint(0, 256, (100, 3, image_size, image_size), dtype=torch.uint8, device=device)
     labels = torch.arange(100, device=device) % cfg.num_classes
     peak_reset = reset_peak_memory(device)
-    seconds = timed_runs(lambda step: train_step(model, forward_model, ema, optimizer, schedule, images, labels,
+    seconds = timed_runs(lambda step: bench_step(model, forward_model, ema, optimizer, schedule, images, labels,
                                                  cfg, step, bf16, memory_format),
                          args.warmup_steps, args.steps, device)
     step_seconds = statistics.median(seconds)  # the median shrugs off steps slowed by other jobs on the machine

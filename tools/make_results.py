@@ -1,0 +1,173 @@
+"""Rebuilds results/ (figures and metrics.json) from the shipped model and its training runs.
+
+    python tools/make_results.py --run runs/ship --sweep runs/lr_1e-3 runs/lr_2e-4 runs/lr_5e-5 \
+        --data-dir ../shared/data/animals
+
+--run is the folder `rollNumber_05.py train` wrote for the shipped model (log.csv, run_info.json); the model
+itself is read from --model (default saved_models/ddpm_animals.pt). Each --sweep folder is a short run at another
+learning rate (log.csv, config.json, model.pt). Figures hold generated images only: the dataset's photos have an
+unknown licence and stay out of the repository.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import rollNumber_05 as ddpm  # noqa: E402
+
+
+def timed_samples(model, schedule, cfg, noise, labels, sampler, steps=50, guidance=ddpm.DEFAULT_GUIDANCE, seed=0):
+    start = time.time()
+    images = ddpm.generate_from_noise(model, schedule, noise, sampler, steps, labels=labels,
+                                      guidance=guidance if cfg.conditional else 1.0, seed=seed)
+    return images, time.time() - start
+
+
+def plot_class_grid(rows, row_names, path, title=""):
+    """One row of images per name (a class, a sampler, a guidance scale)."""
+    plt = ddpm.pyplot()
+    cols = len(rows[0])
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols + 1, 1.3 * len(rows)), squeeze=False)
+    for r, (images, name) in enumerate(zip(rows, row_names)):
+        for c in range(cols):
+            axes[r, c].imshow(ddpm.to_display(images[c]))
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def per_class_samples(model, schedule, cfg, out, per_class, seed):
+    """samples.png: `per_class` DDIM-100 samples of every class, guided, from fixed noise."""
+    rows = []
+    for label in range(cfg.num_classes):
+        noise = ddpm.seeded_noise(per_class, cfg.image_size, seed + label)
+        images, _ = timed_samples(model, schedule, cfg, noise, torch.full((per_class,), label), "ddim", 100, seed=seed)
+        rows.append(images)
+    plot_class_grid(rows, cfg.classes, out / "samples.png",
+                    f"{per_class} samples per class (DDIM 100 steps, guidance {ddpm.DEFAULT_GUIDANCE})")
+
+
+def sampler_comparison(model, schedule, cfg, out, seed):
+    """Same noise through DDPM (all T steps) and DDIM (50 and 25 steps): quality side by side, time per batch."""
+    noise = ddpm.seeded_noise(cfg.num_classes, cfg.image_size, seed)
+    labels = ddpm.class_labels(cfg, cfg.num_classes)
+    rows, names, seconds = [], [], {}
+    for sampler, steps in [("ddpm", cfg.timesteps), ("ddim", 50), ("ddim", 25)]:
+        images, took = timed_samples(model, schedule, cfg, noise, labels, sampler, steps, seed=seed)
+        name = f"{sampler.upper()} {steps}"
+        rows.append(images)
+        names.append(f"{name}\n{took:.0f} s")
+        seconds[name] = round(took, 2)
+    plot_class_grid(rows, names, out / "ddpm_vs_ddim.png",
+                    f"one noise per column, {cfg.num_classes} images per batch, time on {ddpm.device_name(torch.device('cpu'))}")
+    return seconds
+
+
+def guidance_comparison(model, schedule, cfg, out, seed, scales=(1.0, 2.0, 3.0, 5.0)):
+    noise = ddpm.seeded_noise(cfg.num_classes, cfg.image_size, seed)
+    labels = ddpm.class_labels(cfg, cfg.num_classes)
+    rows = [timed_samples(model, schedule, cfg, noise, labels, "ddim", 50, scale, seed)[0] for scale in scales]
+    plot_class_grid(rows, [f"guidance {s:g}" for s in scales], out / "guidance.png",
+                    "classifier-free guidance scale, same noise (DDIM 50)")
+
+
+def reverse_and_forward(model, schedule, cfg, out, seed):
+    """reverse_process.png: one DDPM trajectory; forward_process.png: that generated image noised again."""
+    label = ddpm.class_labels(cfg, 1, "Panda" if "Panda" in cfg.classes else None)
+    image, trajectory = ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(1, cfg.image_size, seed), "ddpm",
+                                                 labels=label, guidance=ddpm.DEFAULT_GUIDANCE if cfg.conditional else 1.0,
+                                                 seed=seed, return_trajectory=True)
+    ddpm.plot_trajectory(trajectory, out / "reverse_process.png", "reverse process: x_T (noise) to x_0, DDPM")
+    snapshots = ddpm.plot_forward_process(ddpm.NoiseSchedule(cfg.timesteps, cfg.schedule), image[0],
+                                          out / "forward_process.png", seed)
+    x_T = snapshots[cfg.timesteps]
+    return {"x_T_mean": float(x_T.mean()), "x_T_std": float(x_T.std())}
+
+
+def lr_sweep(sweep_dirs, out):
+    """lr_sweep.png: loss curves of the same short run at each learning rate, and each run's final samples."""
+    plt = ddpm.pyplot()
+    runs = [(json.loads((d / "config.json").read_text())["lr"], ddpm.read_log(d / "log.csv"), d) for d in sweep_dirs]
+    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4.2 * (len(runs) + 1), 4))
+    summary = {}
+    for lr, rows, folder in sorted(runs, reverse=True):
+        axes[0].plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows], 0.95), label=f"lr {lr:g}")
+        summary[f"{lr:g}"] = {"final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]),
+                              "steps": int(rows[-1]["step"])}
+    axes[0].set(xlabel="step", ylabel="loss (smoothed)", yscale="log", title="training loss")
+    axes[0].legend()
+    for ax, (lr, _, folder) in zip(axes[1:], sorted(runs, reverse=True)):
+        ax.imshow(Image.open(folder / "samples" / "final.png"))
+        ax.set_title(f"lr {lr:g}: samples at the end")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "lr_sweep.png", dpi=110)
+    plt.close(fig)
+    return summary
+
+
+def sweep_eval_losses(sweep_dirs, data_dir):
+    """The fixed-grid denoising loss of each sweep run's final model: a comparable number per learning rate."""
+    losses = {}
+    for folder in sweep_dirs:
+        model, schedule, cfg = ddpm.load_model(folder / "model.pt")
+        data = ddpm.AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, False)
+        images = data.images.float() / 127.5 - 1
+        loss, _ = ddpm.denoising_loss_grid(model, schedule, images, data.labels if cfg.conditional else None)
+        losses[f"{cfg.lr:g}"] = loss
+    return losses
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=ddpm.DEFAULT_CHECKPOINT)
+    parser.add_argument("--sweep", type=Path, nargs="*", default=[])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model, schedule, cfg = ddpm.load_model(args.model)
+    metrics = {"model": str(args.model.relative_to(ROOT) if args.model.is_absolute() else args.model),
+               "config": ddpm.dataclasses.asdict(cfg),
+               "parameters": ddpm.count_parameters(model),
+               "training": json.loads((args.run / "run_info.json").read_text())}
+    rows = ddpm.read_log(args.run / "log.csv")
+    metrics["training"]["final_loss"] = sum(r["loss"] for r in rows[-10:]) / len(rows[-10:])
+    metrics["training"]["final_loss_per_t_quarter"] = [sum(r[f"loss_t{q}"] for r in rows[-10:]) / len(rows[-10:])
+                                                       for q in range(1, 5)]
+    ddpm.plot_loss_curve(rows, args.out / "loss_curve.png")
+    steps = [("forward/reverse", lambda: metrics.update(reverse_and_forward(model, schedule, cfg, args.out, args.seed))),
+             ("samples", lambda: per_class_samples(model, schedule, cfg, args.out, 8, args.seed)),
+             ("guidance", lambda: guidance_comparison(model, schedule, cfg, args.out, args.seed)),
+             ("samplers", lambda: metrics.update(sampling_seconds_cpu=sampler_comparison(model, schedule, cfg, args.out,
+                                                                                          args.seed))),
+             ("evaluation", lambda: metrics.update(evaluation=ddpm.evaluate(
+                 args.model, args.data_dir, None, "cpu", num_samples=50,
+                 figure=args.out / "nearest_neighbours.png")))]
+    if args.sweep:
+        steps.append(("lr sweep", lambda: metrics.update(lr_sweep=lr_sweep(args.sweep, args.out),
+                                                         lr_sweep_eval_loss=sweep_eval_losses(args.sweep, args.data_dir))))
+    for name, step in steps:
+        start = time.time()
+        step()
+        print(f"{name}: {time.time() - start:.0f} s", file=sys.stderr)
+    metrics["evaluation"].pop("checkpoint", None)
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
