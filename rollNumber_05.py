@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -97,7 +98,7 @@ def check_image_size(cfg):
     if cfg.image_size < 8 or cfg.image_size % factor:
         raise UserError(f"--image-size {cfg.image_size} does not fit this U-Net: it must be at least 8 and a multiple "
                         f"of {factor} (patches of {cfg.patch_size}, then {len(cfg.channel_mults) - 1} halvings); "
-                        f"try {max(8, factor, round(cfg.image_size / factor) * factor)}")
+                        f"try {max(math.ceil(8 / factor), round(cfg.image_size / factor)) * factor}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,23 +215,35 @@ class AnimalPhotos(torch.utils.data.Dataset):
         return x, int(self.labels[i])
 
 
-def epoch_order(num_images, batch_size, epoch, seed, rank=0, world_size=1):
-    """This rank's image indices for one epoch: a seeded permutation (repeated when the global batch is
-    larger than the set), cut into steps of `batch_size` per rank. Depends only on (epoch, seed), so a
-    resumed run sees exactly the data order of an uninterrupted one."""
-    global_batch = batch_size * world_size
+class Shard(NamedTuple):
+    """This process's place among torchrun's processes; rank 0 of 1 for a plain run."""
+    rank: int = 0
+    world_size: int = 1
+
+
+def epoch_order(num_images, batch_size, epoch, seed, shard=Shard()):
+    """This rank's image indices for one epoch, a row per step: a seeded permutation (repeated when the global
+    batch is larger than the set), cut into global batches of batch_size x world_size, of which each rank takes
+    its own slice. Depends only on (epoch, seed), so a resumed run sees the data order of an uninterrupted one."""
+    global_batch = batch_size * shard.world_size
     steps = math.ceil(num_images / global_batch)
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     needed = steps * global_batch
     order = torch.cat([torch.randperm(num_images, generator=gen) for _ in range(math.ceil(needed / num_images))])
-    return order[:needed].view(steps, world_size, batch_size)[:, rank]
+    return order[:needed].view(steps, shard.world_size, batch_size)[:, shard.rank]
 
 
-def batch_to_model_input(images_uint8, flip):
+def draw_for_global_batch(draw, local_size, shard):
+    """Draws random numbers for the whole global batch and keeps this rank's slice, so that every rank, and a
+    single process given the same global batch, use the same numbers for the same image."""
+    return draw(local_size * shard.world_size)[shard.rank * local_size:(shard.rank + 1) * local_size]
+
+
+def batch_to_model_input(images_uint8, flip, shard=Shard()):
     """uint8 batch on the device -> float in [-1, 1], each image flipped left-right with probability 1/2."""
     x = images_uint8.float() / 127.5 - 1
     if flip:
-        mirror = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+        mirror = draw_for_global_batch(lambda n: torch.rand(n, 1, 1, 1, device=x.device) < 0.5, len(x), shard)
         x = torch.where(mirror, x.flip(-1), x)
     return x
 
@@ -497,14 +510,15 @@ def diffusion_loss(prediction, target, kind="mse"):
     return per_pixel.flatten(1).mean(dim=1)
 
 
-def training_loss(model, schedule, x0, labels, cfg):
+def training_loss(model, schedule, x0, labels, cfg, shard=Shard()):
     """Ho et al. algorithm 1: random t, noise x_0 through q(x_t | x_0), score the network's guess.
     Returns the per-image losses and the timesteps drawn (for the per-timestep log)."""
-    t = torch.randint(0, schedule.timesteps, (x0.shape[0],), device=x0.device)
-    noise = torch.randn_like(x0)
+    n, device = x0.shape[0], x0.device
+    t = draw_for_global_batch(lambda k: torch.randint(0, schedule.timesteps, (k,), device=device), n, shard)
+    noise = draw_for_global_batch(lambda k: torch.randn((k, *x0.shape[1:]), device=device), n, shard)
     x_t = schedule.q_sample(x0, t, noise)
     if labels is not None and cfg.cond_drop > 0:  # drop the class sometimes, so one net is also the unconditional one
-        dropped = torch.rand(labels.shape, device=labels.device) < cfg.cond_drop
+        dropped = draw_for_global_batch(lambda k: torch.rand(k, device=device), n, shard) < cfg.cond_drop
         labels = torch.where(dropped, torch.full_like(labels, cfg.num_classes), labels)
     target = schedule.training_target(x0, t, noise, cfg.prediction)
     return diffusion_loss(model(x_t, t, labels), target, cfg.loss), t
@@ -651,6 +665,9 @@ def load_model(path=DEFAULT_CHECKPOINT, device="cpu", weights="ema"):
     """A checkpoint -> (model in eval mode, its NoiseSchedule, its Config). Needs no training flags."""
     payload = load_checkpoint(path)
     cfg = config_from_dict(payload["config"])
+    if weights == "raw" and "model" not in payload:
+        raise UserError(f"{path} holds only the EMA weights (an exported model.pt); use --weights ema or a "
+                        f"checkpoints/step_*.pt file")
     model = build_model(cfg, payload["ema"] if weights == "ema" and "ema" in payload else payload["model"])
     device = torch.device(device)
     return model.to(device).eval(), NoiseSchedule(cfg.timesteps, cfg.schedule, device), cfg
@@ -727,8 +744,14 @@ class TrainLog:
     """log.csv: one row per --log-every steps. Losses are averaged over the window, also per quarter of the
     timestep range (t1 = the least noisy quarter), which shows where the model is still weak."""
 
-    def __init__(self, path, resume_step, timesteps):
-        self.path, self.timesteps = Path(path), timesteps
+    def __init__(self, path, resume_step, timesteps, shard=Shard(), device="cpu"):
+        """path None: keep the statistics (every rank must join their all-reduce) but write no file."""
+        self.path, self.timesteps, self.shard, self.device = path and Path(path), timesteps, shard, device
+        if self.path:
+            self._keep_rows_until(resume_step)
+        self.reset()
+
+    def _keep_rows_until(self, resume_step):
         kept = []
         if resume_step and self.path.exists():  # rows written after the checkpoint will be written again
             with open(self.path, newline="") as f:
@@ -737,7 +760,6 @@ class TrainLog:
             writer = csv.DictWriter(f, LOG_FIELDS)
             writer.writeheader()
             writer.writerows(kept)
-        self.reset()
 
     def reset(self):
         self.sums, self.counts, self.grad_norm, self.steps = None, None, 0.0, 0
@@ -758,12 +780,16 @@ class TrainLog:
         """Appends the window's row (None when every step in it was skipped) and starts a new window."""
         if not self.steps:
             return None
-        sums, counts = self.sums.tolist(), self.counts.tolist()
+        totals = torch.cat([self.sums, self.counts])
+        if self.shard.world_size > 1:  # the loss of the global batch, as a single process would log it
+            torch.distributed.all_reduce(totals)
+        sums, counts = totals[:4].tolist(), totals[4:].tolist()
         row = {"loss": sum(sums) / sum(counts), "grad_norm": float(self.grad_norm) / self.steps,
                "images_per_s": self.images / (time.time() - self.window_start), **values}
         row.update({f"loss_t{q + 1}": (s / c if c else "") for q, (s, c) in enumerate(zip(sums, counts))})
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS).writerow(row)
+        if self.path:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, LOG_FIELDS).writerow(row)
         self.reset()
         return row
 
@@ -785,7 +811,8 @@ def checkpoint_payload(cfg, step, model, ema, optimizer, lr_schedule, bad_steps)
 
 def restore_training_state(payload, model, ema, optimizer, lr_schedule):
     model.load_state_dict(payload["model"])
-    ema.model.load_state_dict(payload["ema"])
+    if ema:  # rank 0 only under torchrun
+        ema.model.load_state_dict(payload["ema"])
     optimizer.load_state_dict(payload["optimizer"])
     lr_schedule.load_state_dict(payload["lr_schedule"])
     torch.set_rng_state(payload["rng"]["cpu"])
@@ -808,10 +835,11 @@ def device_name(device):
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def write_run_info(out_dir, cfg, device, model, step, seconds):
-    """run_info.json: what the run cost and where it ran, for the report."""
+def write_run_info(out_dir, cfg, device, model, step, seconds, checksums):
+    """run_info.json: what the run cost and where it ran, for the report; one weight checksum per process."""
     info = {"device": device_name(device), "torch": torch.__version__, "parameters": count_parameters(model),
-            "steps": step, "images_seen": step * cfg.batch_size, "train_seconds": round(seconds, 1)}
+            "processes": len(checksums), "steps": step, "images_seen": step * cfg.batch_size * len(checksums),
+            "train_seconds": round(seconds, 1), "weight_checksums": checksums}
     (Path(out_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
@@ -825,76 +853,131 @@ def load_training_data(cfg):
     return data
 
 
-def train_step(model, forward_model, ema, optimizer, schedule, x0, labels, cfg, bf16, step):
+def train_step(model, forward_model, ema, optimizer, schedule, x0, labels, cfg, bf16, step, shard=Shard()):
     """One AdamW update with gradient clipping and the EMA update. Returns (per-image losses, t, gradient norm),
     or None when the loss or the gradients are not finite: then the update is skipped, so one bad batch cannot
-    poison the weights."""
+    poison the weights. Under torchrun the gradient norm is that of the averaged gradients, so every rank
+    takes the same decision."""
     with autocast(x0.device, bf16):
-        losses, t = training_loss(forward_model, schedule, x0, labels, cfg)
+        losses, t = training_loss(forward_model, schedule, x0, labels, cfg, shard)
     loss = losses.mean()
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     finite = torch.isfinite(loss + grad_norm).item()  # the one host sync of a step
     if finite:
         optimizer.step()
-        ema.update(model, step)
+        if ema:
+            ema.update(model, step)
     optimizer.zero_grad(set_to_none=True)
     return (losses, t, grad_norm) if finite else None
 
 
+def setup_distributed(device_name):
+    """Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on CUDA, one GPU per process, gloo on
+    CPU. A plain run is rank 0 of 1 and needs no process group."""
+    device = pick_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return Shard(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Shard(torch.distributed.get_rank(), world_size), device
+
+
+def any_rank(flag, shard, device):
+    """True on every rank when `flag` is true on any: all ranks must stop at the same step."""
+    if shard.world_size == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def weight_checksums(model, shard, device):
+    """Sum of all weights on each rank (float64): equal numbers show the ranks ended in sync."""
+    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().to(device)
+    if shard.world_size == 1:
+        return [float(total)]
+    gathered = [torch.zeros_like(total) for _ in range(shard.world_size)]
+    torch.distributed.all_gather(gathered, total)
+    return [float(v) for v in gathered]
+
+
 def train(cfg, out_dir, device="auto", resume=False, explicit=()):
-    """Trains a U-Net on cfg's data, writing checkpoints, log.csv, sample grids and model.pt to out_dir."""
-    out_dir = Path(out_dir)
+    """Trains a U-Net on cfg's data, writing checkpoints, log.csv, sample grids and model.pt to out_dir.
+    Under torchrun every process trains on its slice of each global batch; rank 0 alone keeps the EMA and
+    writes files."""
+    shard, device = setup_distributed(device)
+    try:
+        return train_on(cfg, Path(out_dir), device, shard, resume, explicit)
+    finally:
+        if shard.world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+def train_on(cfg, out_dir, device, shard, resume, explicit):
+    is_main = shard.rank == 0
     payload = None
     if resume:
         payload, path = latest_checkpoint(out_dir)
         cfg = resumed_config(payload["config"], cfg, explicit)
-        print(f"resuming from {path} (step {payload['step']})", file=sys.stderr)
+        if is_main:
+            print(f"resuming from {path} (step {payload['step']})", file=sys.stderr)
     check_image_size(cfg)
     save_steps, save_seconds = parse_save_every(cfg.save_every)
-    device = pick_device(device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same stream on every rank: see draw_for_global_batch
     data = load_training_data(cfg)
     if payload and data.class_names != payload["class_names"]:
         raise UserError(f"--resume: the data has classes {data.class_names}, the checkpoint {payload['class_names']}")
     cfg = dataclasses.replace(cfg, classes=data.class_names, num_classes=len(data.class_names))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     memory_format = torch.channels_last if use_channels_last(cfg, device) else torch.contiguous_format
     model = UNet(cfg).to(device, memory_format=memory_format)
-    ema = EMA(model, cfg.ema_decay)
+    ema = EMA(model, cfg.ema_decay) if is_main else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # fused: one kernel for the whole update
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(data) / (cfg.batch_size * shard.world_size))
     total_steps = cfg.epochs * steps_per_epoch
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps))
     step, bad_steps = restore_training_state(payload, model, ema, optimizer, lr_schedule) if payload else (0, 0)
     schedule = NoiseSchedule(cfg.timesteps, cfg.schedule, device)
     images, labels = data.images.to(device), data.labels.to(device)  # the whole set lives on the device
-    forward_model = torch.compile(model) if cfg.compile else model
+    forward_model = model
+    if shard.world_size > 1:  # averages gradients across ranks during backward
+        forward_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if cfg.compile:
+        forward_model = torch.compile(forward_model)
     bf16 = use_bf16(cfg, device)
-    log = TrainLog(out_dir / "log.csv", step, cfg.timesteps)
-    print(f"training {count_parameters(model) / 1e6:.2f} M parameters on {len(data)} images of "
-          f"{', '.join(data.class_names)} at {cfg.image_size} px, {device.type}{' bf16' if bf16 else ''}; "
-          f"{total_steps} steps ({cfg.epochs} epochs x {steps_per_epoch}) -> {out_dir}", file=sys.stderr)
+    log = TrainLog(out_dir / "log.csv" if is_main else None, step, cfg.timesteps, shard, device)
+    if is_main:
+        print(f"training {count_parameters(model) / 1e6:.2f} M parameters on {len(data)} images of "
+              f"{', '.join(data.class_names)} at {cfg.image_size} px, {device.type}{' bf16' if bf16 else ''}"
+              f"{f' x {shard.world_size} processes' if shard.world_size > 1 else ''}; "
+              f"{total_steps} steps ({cfg.epochs} epochs x {steps_per_epoch}) -> {out_dir}", file=sys.stderr)
 
     def save():
-        save_training_checkpoint(out_dir, checkpoint_payload(cfg, step, model, ema, optimizer, lr_schedule, bad_steps))
+        if is_main:
+            save_training_checkpoint(out_dir, checkpoint_payload(cfg, step, model, ema, optimizer, lr_schedule, bad_steps))
 
-    progress = Progress(total_steps, "train")
-    last_save, consecutive_bad = time.time(), 0
+    progress = Progress(total_steps, "train") if is_main else None
+    start = last_save = time.time()
+    consecutive_bad = 0
     with GracefulStop() as stop:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
-            for batch in epoch_order(len(data), cfg.batch_size, epoch, cfg.seed)[offset:]:
+            for batch in epoch_order(len(data), cfg.batch_size, epoch, cfg.seed, shard)[offset:]:
                 batch = batch.to(device)
-                x0 = batch_to_model_input(images[batch], cfg.flip).contiguous(memory_format=memory_format)
+                x0 = batch_to_model_input(images[batch], cfg.flip, shard).contiguous(memory_format=memory_format)
                 stats = train_step(model, forward_model, ema, optimizer, schedule, x0,
-                                   labels[batch] if cfg.conditional else None, cfg, bf16, step)
+                                   labels[batch] if cfg.conditional else None, cfg, bf16, step, shard)
                 if stats:
-                    log.add(*stats, images=len(batch))
+                    log.add(*stats, images=len(batch) * shard.world_size)
                     consecutive_bad = 0
                 else:
                     bad_steps, consecutive_bad = bad_steps + 1, consecutive_bad + 1
@@ -906,31 +989,42 @@ def train(cfg, out_dir, device="auto", resume=False, explicit=()):
                 step += 1
                 if step % cfg.log_every == 0 or step == total_steps:
                     row = log.write(step=step, epoch=step / steps_per_epoch, lr=lr_schedule.get_last_lr()[0],
-                                    bad_steps=bad_steps, elapsed_s=time.time() - progress.start)
-                    progress.update(step, f"loss {row['loss']:.4f} {row['images_per_s']:.0f} img/s" if row else "")
-                if step % steps_per_epoch == 0 and cfg.sample_every and (step // steps_per_epoch) % cfg.sample_every == 0:
+                                    bad_steps=bad_steps, elapsed_s=time.time() - start)
+                    if progress:
+                        progress.update(step, f"loss {row['loss']:.4f} {row['images_per_s']:.0f} img/s" if row else "")
+                if is_main and step % steps_per_epoch == 0 and cfg.sample_every and \
+                        (step // steps_per_epoch) % cfg.sample_every == 0:
                     write_sample_grid(ema.model, schedule, cfg, out_dir / "samples" / f"epoch_{step // steps_per_epoch:05d}.png")
-                if stop.signal_name or (save_steps and step % save_steps == 0) or \
+                stopping = any_rank(stop.signal_name is not None, shard, device)
+                if stopping or (save_steps and step % save_steps == 0) or \
                         (save_seconds and time.time() - last_save > save_seconds):
                     save()
                     last_save = time.time()
-                if stop.signal_name:
-                    progress.close()
-                    export_model(cfg, ema, step, out_dir / "model.pt")  # samplable now, resumable later
-                    print(f"stopped at step {step}; checkpoint and model.pt saved. Continue with: python "
-                          f"{Path(sys.argv[0]).name} train --out-dir {out_dir} --resume", file=sys.stderr)
+                if stopping:
+                    if is_main:
+                        progress.close()
+                        export_model(cfg, ema, step, out_dir / "model.pt")  # samplable now, resumable later
+                        print(f"stopped at step {step}; checkpoint and model.pt saved. Continue with: python "
+                              f"{Path(sys.argv[0]).name} train --out-dir {out_dir} --resume", file=sys.stderr)
                     return out_dir
                 if step >= total_steps:
                     break
-    progress.close()
     save()
+    checksums = weight_checksums(model, shard, device)
+    if is_main:
+        progress.close()
+        finish_run(out_dir, cfg, device, model, ema, schedule, step, time.time() - start, checksums)
+    return out_dir
+
+
+def finish_run(out_dir, cfg, device, model, ema, schedule, step, seconds, checksums):
+    """The files a finished run leaves besides its checkpoints: model.pt, run_info.json, the final sample grid
+    and loss_curve.png."""
     export_model(cfg, ema, step, out_dir / "model.pt")
-    write_run_info(out_dir, cfg, device, model, step, time.time() - progress.start)
+    write_run_info(out_dir, cfg, device, model, step, seconds, checksums)
     write_sample_grid(ema.model, schedule, cfg, out_dir / "samples" / "final.png")
     plot_loss_curve(read_log(out_dir / "log.csv"), out_dir / "loss_curve.png")
-    print(f"done: {step} steps in {format_seconds(time.time() - progress.start)}; model {out_dir / 'model.pt'}",
-          file=sys.stderr)
-    return out_dir
+    print(f"done: {step} steps in {format_seconds(seconds)}; model {out_dir / 'model.pt'}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1026,6 +1120,11 @@ def to_uint8_grid(images, nrow):
     return Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
 
 
+def check_guidance(guidance, cfg):
+    if guidance is not None and not cfg.conditional:
+        raise UserError("--guidance needs a class-conditional model (trained with --conditional)")
+
+
 def class_labels(cfg, num_samples, class_name=None):
     """One label per sample: the named class, or the classes in turn (a column each in the grid)."""
     if not cfg.conditional:
@@ -1088,7 +1187,7 @@ def plot_forward_process(schedule, x0, path, seed=0):
     statistics that show x_T is standard normal."""
     plt = pyplot()
     steps = [0, 50] + list(range(100, schedule.timesteps + 1, 100))
-    steps = sorted(set(steps + [schedule.timesteps]))
+    steps = sorted({s for s in steps if s <= schedule.timesteps} | {schedule.timesteps})
     snapshots = forward_chain(schedule, x0[None], set(steps), seed)
     fig = plt.figure(figsize=(1.4 * len(steps), 5.2))
     grid = fig.add_gridspec(2, len(steps), height_ratios=[1, 1.6], hspace=0.45)
@@ -1279,6 +1378,7 @@ def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, samp
     """Loss on a fixed t grid, variational bound (bits/dim) and memorisation of a checkpoint; writes JSON."""
     device = pick_device(device)
     model, schedule, cfg = load_model(checkpoint, device)
+    check_guidance(guidance, cfg)
     data = AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, flip=False)
     images = data.images.float() / 127.5 - 1
     labels = data.labels if cfg.conditional else None
@@ -1473,14 +1573,9 @@ def cmd_train(args):
     train(Config(**given), out_dir, getattr(args, "device", "auto"), getattr(args, "resume", False), given.keys())
 
 
-def check_guidance(args, cfg):
-    if args.guidance is not None and not cfg.conditional:
-        raise UserError("--guidance needs a class-conditional model (trained with --conditional)")
-
-
 def cmd_sample(args):
     model, schedule, cfg = load_model(args.checkpoint, pick_device(args.device), args.weights)
-    check_guidance(args, cfg)
+    check_guidance(args.guidance, cfg)
     if args.class_name and not cfg.conditional:
         raise UserError("--class-name needs a class-conditional model (trained with --conditional)")
     write_sample_grid(model, schedule, cfg, args.out, args.num_samples, args.sampler, args.steps, args.guidance,

@@ -202,8 +202,6 @@ def test_failed_sample_writes_no_image(places, capsys):
     assert not (places["tmp"] / "never.png").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="cmd_evaluate never calls check_guidance: --guidance on an unconditional "
-                                       "model is silently ignored (and recorded in the JSON) instead of refused")
 def test_evaluate_refuses_guidance_on_unconditional_model(places, capsys):
     args = ["evaluate", "--checkpoint", "{unconditional}", "--data-dir", "{data}", "--guidance", "2",
             "--num-samples", "2", "--vlb-points", "2", "--steps", "2", "--device", "cpu", "--out-json",
@@ -212,16 +210,12 @@ def test_evaluate_refuses_guidance_on_unconditional_model(places, capsys):
     assert_one_line_error(code, err, "--guidance needs a class-conditional model")
 
 
-@pytest.mark.xfail(strict=True, reason="load_model reads payload['model'] for --weights raw, but an exported "
-                                       "model.pt holds only 'ema': KeyError and a traceback instead of a message")
 def test_sample_raw_weights_from_exported_model_fails_with_one_line_error(places, capsys):
     args = ["sample", "--checkpoint", "{model}", "--weights", "raw", "--device", "cpu", "--out", "{tmp}/never.png"]
     code, _, err = run_main(fill(args, places, "raw_weights"), capsys)
     assert_one_line_error(code, err, "--weights")
 
 
-@pytest.mark.xfail(strict=True, reason="plot_forward_process always shows t = 50, so with --timesteps under 50 "
-                                       "the chain never reaches it: KeyError 50 and a traceback")
 def test_forward_with_fewer_than_50_timesteps_writes_the_figure(tiny_data, tmp_path, capsys):
     code, _, err = run_main(["forward", "--data-dir", tiny_data, "--image-size", "16", "--timesteps", "20",
                              "--out", tmp_path / "forward.png"], capsys)

@@ -238,8 +238,8 @@ def test_epoch_order_is_unaffected_by_the_global_random_state():
 
 
 def test_epoch_order_gives_two_ranks_disjoint_shards_covering_the_set():
-    rank0 = ddpm.epoch_order(12, 3, epoch=1, seed=0, rank=0, world_size=2)
-    rank1 = ddpm.epoch_order(12, 3, epoch=1, seed=0, rank=1, world_size=2)
+    rank0 = ddpm.epoch_order(12, 3, epoch=1, seed=0, shard=ddpm.Shard(0, 2))
+    rank1 = ddpm.epoch_order(12, 3, epoch=1, seed=0, shard=ddpm.Shard(1, 2))
     assert rank0.shape == rank1.shape == (2, 3)
     assert not set(rank0.flatten().tolist()) & set(rank1.flatten().tolist())
     assert sorted(rank0.flatten().tolist() + rank1.flatten().tolist()) == list(range(12))

@@ -90,8 +90,6 @@ def test_suggested_image_size_is_accepted(tiny_config, image_size, patch_size, c
     ddpm.check_image_size(tiny_config(image_size=suggested, patch_size=patch_size, channel_mults=channel_mults))
 
 
-@pytest.mark.xfail(strict=True, reason="check_image_size suggests max(8, ...) = 8 even when 8 is not a multiple of "
-                                       "the U-Net's factor (here 6 = patch 3 x one halving), so the hint fails too")
 def test_suggested_image_size_is_accepted_when_factor_does_not_divide_8(tiny_config):
     cfg = tiny_config(image_size=7, patch_size=3, channel_mults=[1, 2])
     with pytest.raises(ddpm.UserError) as err:
