@@ -7,6 +7,7 @@ One file, read top to bottom in the order of the assignment:
     python rollNumber_05.py sample --out samples.png
     python rollNumber_05.py forward --data-dir DATA --out forward.png
     python rollNumber_05.py evaluate --data-dir DATA --out-json metrics.json
+    torchrun --nproc_per_node 4 rollNumber_05.py train ...    (several GPUs; --batch-size is per process)
 
 Symbols follow the paper: x_0 is a clean image, x_t its noised version at step t, epsilon the
 Gaussian noise, beta_t the schedule, alpha_t = 1 - beta_t and alpha_bar_t = prod_{s<=t} alpha_s.
@@ -1031,6 +1032,8 @@ def finish_run(out_dir, cfg, device, model, ema, schedule, step, seconds, checks
 # 6. Sampling: noise in, image out
 # ---------------------------------------------------------------------------------------------
 
+DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale: clear classes without the washed-out look of higher ones
+
 def guided_output(model, x_t, t, labels, guidance):
     """Classifier-free guidance (Ho & Salimans 2022): push the class-conditional prediction away from the
     unconditional one by `guidance` (1 = plain conditional). Both run as one batch."""
@@ -1120,6 +1123,11 @@ def to_uint8_grid(images, nrow):
     return Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
 
 
+def guidance_for(cfg, guidance=None):
+    """The guidance scale to sample with: as asked, else DEFAULT_GUIDANCE for conditional models, else 1 (none)."""
+    return guidance if guidance is not None else (DEFAULT_GUIDANCE if cfg.conditional else 1.0)
+
+
 def check_guidance(guidance, cfg):
     if guidance is not None and not cfg.conditional:
         raise UserError("--guidance needs a class-conditional model (trained with --conditional)")
@@ -1142,7 +1150,7 @@ def write_sample_grid(model, schedule, cfg, path, num_samples=None, sampler="ddi
     """A fixed-seed grid; for conditional models each column is a class."""
     num_samples = num_samples or (2 * cfg.num_classes if cfg.conditional else 16)
     labels = class_labels(cfg, num_samples, class_name)
-    guidance = guidance if guidance is not None else (DEFAULT_GUIDANCE if cfg.conditional else 1.0)
+    guidance = guidance_for(cfg, guidance)
     images = generate_from_noise(model, schedule, seeded_noise(num_samples, cfg.image_size, seed), sampler, steps,
                                  eta, labels, guidance, seed=seed, progress=progress)
     nrow = cfg.num_classes if cfg.conditional and class_name is None else math.ceil(math.sqrt(num_samples))
@@ -1150,8 +1158,6 @@ def write_sample_grid(model, schedule, cfg, path, num_samples=None, sampler="ddi
     to_uint8_grid(images, nrow).save(path)
     return images
 
-
-DEFAULT_GUIDANCE = 3.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1298,14 +1304,23 @@ def decoder_nll(x0, mean, log_scale):
     return -log_prob.flatten(1).sum(1)
 
 
+def vlb_timesteps(timesteps, points):
+    """Log-spaced t in 1..T-1 and how many of the T-1 KL terms each stands for. The terms fall by orders of
+    magnitude over the first hundred steps, so small t are evaluated one by one and large t share a point."""
+    ts = torch.logspace(0, math.log10(timesteps - 1), points, dtype=torch.float64).round().long().unique()
+    edges = torch.cat([torch.tensor([0.5]), (ts[:-1] + ts[1:]) / 2, torch.tensor([timesteps - 0.5])])
+    return ts.tolist(), (edges[1:].ceil() - edges[:-1].ceil()).long().tolist()
+
+
 @torch.inference_mode()
 def variational_bound_bpd(model, schedule, images, labels, points=50, seed=0, batch_size=64):
     """The DDPM variational bound L = L_T + sum_{t>1} L_{t-1} + L_0 (section 3.3) in bits per dimension.
-    L_0 and the prior L_T exactly; the T-1 KL terms estimated from `points` evenly spaced t (times (T-1)/points).
-    The reverse variance is the posterior's beta tilde_t, the mean comes from the unclipped x_0 estimate."""
+    L_0 (the discrete decoder) and the prior L_T exactly; the T-1 KL terms from `points` log-spaced t, each
+    weighted by the terms it stands for. The reverse variance is the posterior's beta tilde_t, the mean comes
+    from the unclipped x_0 estimate."""
     device = next(model.parameters()).device
-    T, dims = schedule.timesteps, images[0].numel()
-    kl_ts = torch.linspace(1, T - 1, min(points, T - 1)).round().long().tolist()
+    dims = images[0].numel()
+    kl_ts, weights = vlb_timesteps(schedule.timesteps, points)
     generator = torch.Generator().manual_seed(seed)
     totals = torch.zeros(3)  # prior, decoder, KL terms; nats summed over images
     for start in range(0, len(images), batch_size):
@@ -1314,12 +1329,11 @@ def variational_bound_bpd(model, schedule, images, labels, points=50, seed=0, ba
         alpha_bar_T = schedule.alphas_cumprod[-1]
         prior_kl = 0.5 * (alpha_bar_T * x0 ** 2 + (1 - alpha_bar_T) - 1 - torch.log(1 - alpha_bar_T))
         totals[0] += float(prior_kl.sum())
-        for t_now in [0] + kl_ts:
+        for t_now, weight in [(0, 1)] + list(zip(kl_ts, weights)):
             t = torch.full((len(x0),), t_now, device=device)
             noise = torch.randn(x0.shape, generator=generator).to(device)
             x_t = schedule.q_sample(x0, t, noise)
-            out = model(x_t, t, y).float()
-            x0_hat = schedule.x0_from_output(out, x_t, t, model.prediction)
+            x0_hat = schedule.x0_from_output(model(x_t, t, y).float(), x_t, t, model.prediction)
             mean = schedule.q_posterior_mean(x0_hat, x_t, t)
             if t_now == 0:
                 log_scale = 0.5 * torch.log(schedule.posterior_variance[1])
@@ -1327,7 +1341,7 @@ def variational_bound_bpd(model, schedule, images, labels, points=50, seed=0, ba
             else:
                 true_mean = schedule.q_posterior_mean(x0, x_t, t)
                 kl = (true_mean - mean) ** 2 / (2 * schedule.posterior_variance[t_now])
-                totals[2] += float(kl.flatten(1).sum(1).sum()) * (T - 1) / len(kl_ts)
+                totals[2] += float(kl.sum()) * weight
     per_dim_bits = totals / (len(images) * dims * math.log(2))
     return {"bpd": float(per_dim_bits.sum()), "prior_bpd": float(per_dim_bits[0]),
             "decoder_bpd": float(per_dim_bits[1]), "diffusion_bpd": float(per_dim_bits[2]), "kl_points": len(kl_ts)}
@@ -1384,7 +1398,7 @@ def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, samp
     labels = data.labels if cfg.conditional else None
     loss, loss_per_t = denoising_loss_grid(model, schedule, images, labels, loss_points, seed)
     vlb = variational_bound_bpd(model, schedule, images, labels, vlb_points, seed)
-    guidance = guidance if guidance is not None else (DEFAULT_GUIDANCE if cfg.conditional else 1.0)
+    guidance = guidance_for(cfg, guidance)
     samples = generate_from_noise(model, schedule, seeded_noise(num_samples, cfg.image_size, seed), sampler, steps,
                                   labels=class_labels(cfg, num_samples), guidance=guidance, seed=seed)
     distances, indices = nearest_training_images(samples, images)
@@ -1485,7 +1499,8 @@ def add_train_parser(commands):
     add_config_option(model, "--prediction", "network target: the noise (eps) or v", choices=["eps", "v"])
     opt = p.add_argument_group("training")
     add_config_option(opt, "--epochs", "passes over the data", type=positive_int)
-    add_config_option(opt, "--batch-size", "images per step (summed over processes under torchrun)", type=positive_int)
+    add_config_option(opt, "--batch-size", "images per step and process (under torchrun the global batch is "
+                                           "this x processes)", type=positive_int)
     add_config_option(opt, "--lr", "peak AdamW learning rate", type=positive_float)
     add_config_option(opt, "--weight-decay", "AdamW weight decay", type=float)
     add_config_option(opt, "--warmup-steps", "linear learning-rate warm-up steps", type=non_negative_int)
@@ -1530,7 +1545,8 @@ def build_parser():
 
     p = commands.add_parser("sample", help="turn noise into images with a trained model")
     add_sampling_options(p)
-    p.add_argument("--num-samples", type=positive_int, default=16, help="default: %(default)s")
+    p.add_argument("--num-samples", type=positive_int,
+                   help="default: 4 per class for class-conditional models (a column each), else 16")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic) (default: %(default)s)")
     p.add_argument("--class-name", help="only this class (conditional models)")
     p.add_argument("--weights", choices=["ema", "raw"], default="ema", help="default: %(default)s")
@@ -1578,13 +1594,14 @@ def cmd_sample(args):
     check_guidance(args.guidance, cfg)
     if args.class_name and not cfg.conditional:
         raise UserError("--class-name needs a class-conditional model (trained with --conditional)")
-    write_sample_grid(model, schedule, cfg, args.out, args.num_samples, args.sampler, args.steps, args.guidance,
+    num_samples = args.num_samples or (4 * cfg.num_classes if cfg.conditional and not args.class_name else 16)
+    write_sample_grid(model, schedule, cfg, args.out, num_samples, args.sampler, args.steps, args.guidance,
                       args.seed, args.class_name, args.eta, progress=True)
-    print(f"wrote {args.num_samples} samples to {args.out}", file=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
     if args.trajectory:
-        guidance = args.guidance if args.guidance is not None else (DEFAULT_GUIDANCE if cfg.conditional else 1.0)
         _, trajectory = generate_from_noise(model, schedule, seeded_noise(1, cfg.image_size, args.seed), args.sampler,
-                                            args.steps, args.eta, class_labels(cfg, 1, args.class_name), guidance,
+                                            args.steps, args.eta, class_labels(cfg, 1, args.class_name),
+                                            guidance_for(cfg, args.guidance),
                                             seed=args.seed, return_trajectory=True)
         plot_trajectory(trajectory, args.trajectory)
 

@@ -1,11 +1,12 @@
 """Rebuilds results/ (figures and metrics.json) from the shipped model and its training runs.
 
     python tools/make_results.py --run runs/ship --sweep runs/lr_1e-3 runs/lr_2e-4 runs/lr_5e-5 \
-        --data-dir ../shared/data/animals
+        --experiments runs/drop03 runs/small --data-dir ../shared/data/animals
 
 --run is the folder `rollNumber_05.py train` wrote for the shipped model (log.csv, run_info.json); the model
 itself is read from --model (default saved_models/ddpm_animals.pt). Each --sweep folder is a short run at another
-learning rate (log.csv, config.json, model.pt). Figures hold generated images only: the dataset's photos have an
+learning rate (log.csv, config.json, model.pt); each --experiments folder another configuration tried (model.pt).
+Figures hold generated images only: the dataset's photos have an
 unknown licence and stay out of the repository.
 """
 import argparse
@@ -25,7 +26,7 @@ import rollNumber_05 as ddpm  # noqa: E402
 def timed_samples(model, schedule, cfg, noise, labels, sampler, steps=50, guidance=ddpm.DEFAULT_GUIDANCE, seed=0):
     start = time.time()
     images = ddpm.generate_from_noise(model, schedule, noise, sampler, steps, labels=labels,
-                                      guidance=guidance if cfg.conditional else 1.0, seed=seed)
+                                      guidance=ddpm.guidance_for(cfg, guidance if cfg.conditional else None), seed=seed)
     return images, time.time() - start
 
 
@@ -85,7 +86,7 @@ def reverse_and_forward(model, schedule, cfg, out, seed):
     """reverse_process.png: one DDPM trajectory; forward_process.png: that generated image noised again."""
     label = ddpm.class_labels(cfg, 1, "Panda" if "Panda" in cfg.classes else None)
     image, trajectory = ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(1, cfg.image_size, seed), "ddpm",
-                                                 labels=label, guidance=ddpm.DEFAULT_GUIDANCE if cfg.conditional else 1.0,
+                                                 labels=label, guidance=ddpm.guidance_for(cfg),
                                                  seed=seed, return_trajectory=True)
     ddpm.plot_trajectory(trajectory, out / "reverse_process.png", "reverse process: x_T (noise) to x_0, DDPM")
     snapshots = ddpm.plot_forward_process(ddpm.NoiseSchedule(cfg.timesteps, cfg.schedule), image[0],
@@ -128,11 +129,34 @@ def sweep_eval_losses(sweep_dirs, data_dir):
     return losses
 
 
+def experiments(model_path, shipped_result, experiment_dirs, data_dir, out, seed):
+    """experiments.png and numbers: the shipped model beside other configurations tried, each evaluated the same
+    way as the shipped one (memorisation of 50 guided DDIM samples, fixed-grid loss, bound), with samples."""
+    runs = [("shipped", model_path)] + [(folder.name, folder / "model.pt") for folder in experiment_dirs]
+    rows, names, summary = [], [], {}
+    for name, path in runs:
+        model, schedule, cfg = ddpm.load_model(path)
+        result = shipped_result if name == "shipped" else ddpm.evaluate(path, data_dir, None, "cpu", num_samples=50,
+                                                                       seed=seed)
+        summary[name] = {"base_channels": cfg.base_channels, "channel_mults": cfg.channel_mults,
+                         "dropout": cfg.dropout, "steps": result["step"], "parameters": ddpm.count_parameters(model),
+                         **{k: result[k] for k in ("denoising_loss", "bpd", "nearest_distance_mean",
+                                                   "nearest_distance_min", "memorisation_rate")}}
+        images, _ = timed_samples(model, schedule, cfg, ddpm.seeded_noise(2 * cfg.num_classes, cfg.image_size, seed),
+                                  ddpm.class_labels(cfg, 2 * cfg.num_classes), "ddim", 50, seed=seed)
+        rows.append(images)
+        names.append(f"{name}\n{summary[name]['parameters'] / 1e6:.1f} M, {result['step']} steps")
+    plot_class_grid(rows, names, out / "experiments.png", "same noise, DDIM 50, guidance 3: shipped model and others tried")
+    return summary
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--model", type=Path, default=ddpm.DEFAULT_CHECKPOINT)
     parser.add_argument("--sweep", type=Path, nargs="*", default=[])
+    parser.add_argument("--experiments", type=Path, nargs="*", default=[],
+                        help="run folders of other configurations tried (model.pt each)")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--seed", type=int, default=0)
@@ -157,6 +181,10 @@ def main():
              ("evaluation", lambda: metrics.update(evaluation=ddpm.evaluate(
                  args.model, args.data_dir, None, "cpu", num_samples=50,
                  figure=args.out / "nearest_neighbours.png")))]
+    if args.experiments:
+        steps.append(("experiments", lambda: metrics.update(
+            experiments=experiments(args.model, metrics["evaluation"], args.experiments, args.data_dir, args.out,
+                                    args.seed))))
     if args.sweep:
         steps.append(("lr sweep", lambda: metrics.update(lr_sweep=lr_sweep(args.sweep, args.out),
                                                          lr_sweep_eval_loss=sweep_eval_losses(args.sweep, args.data_dir))))

@@ -18,3 +18,10 @@ for lr in 1e-3 2e-4 5e-5; do
     $PYTHON rollNumber_05.py train $COMMON --epochs "$SWEEP_EPOCHS" --lr "$lr" --sample-every 0 --save-every 100000 \
         --out-dir "$RUNS/lr_$lr"
 done
+# Two other configurations, tried against memorisation (results/experiments.png): more dropout, and the smaller
+# default model. On the H100 they ran under a 75 s limit, which stopped them gracefully near step 1040 and 1140.
+EXPERIMENT_EPOCHS=${EXPERIMENT_EPOCHS:-1200}
+$PYTHON rollNumber_05.py train $COMMON --dropout 0.3 --epochs "$EXPERIMENT_EPOCHS" --lr 5e-4 --sample-every 0 \
+    --save-every 100000 --out-dir "$RUNS/drop03"
+$PYTHON rollNumber_05.py train $COMMON --base-channels 32 --channel-mults 1,2,2,4 --epochs "$EXPERIMENT_EPOCHS" \
+    --lr 5e-4 --sample-every 0 --save-every 100000 --out-dir "$RUNS/small"
