@@ -95,6 +95,8 @@ def config_from_dict(stored):
 
 
 def check_image_size(cfg):
+    if not cfg.channel_mults:
+        raise UserError("--channel-mults needs at least one level, e.g. 1,2,2,4")
     factor = cfg.patch_size * 2 ** (len(cfg.channel_mults) - 1)
     if cfg.image_size < 8 or cfg.image_size % factor:
         raise UserError(f"--image-size {cfg.image_size} does not fit this U-Net: it must be at least 8 and a multiple "
@@ -110,7 +112,8 @@ def list_class_folders(root):
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist (expected {root}/<Class>/*.jpg)")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # hidden folders and the __MACOSX folder that Mac zips carry are not classes
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
     if not folders:
         raise UserError(f"data folder {root} has no class subfolders (expected {root}/<Class>/*.jpg)")
     return folders
@@ -579,7 +582,7 @@ def parse_save_every(text):
     try:
         if text.endswith("m"):
             minutes = float(text[:-1])
-            if minutes > 0:
+            if 0 < minutes < math.inf:
                 return None, minutes * 60
         elif int(text) > 0:
             return int(text), None
@@ -609,6 +612,12 @@ def save_atomically(payload, path):
         if isinstance(err, OSError):
             raise UserError(f"could not write {path} ({err.strerror or err}); the previous checkpoint is intact") from None
         raise
+
+
+def remove_stale_temp_files(out_dir):
+    """Temporary files of a save that a kill -9 interrupted: never complete, so never worth keeping."""
+    for stale in [*checkpoint_dir(out_dir).glob(".step_*.pt.*.tmp"), *Path(out_dir).glob(".model.pt.*.tmp")]:
+        stale.unlink(missing_ok=True)
 
 
 def save_training_checkpoint(out_dir, payload, keep=2):
@@ -778,8 +787,13 @@ class TrainLog:
         self.steps += 1
 
     def write(self, **values):
-        """Appends the window's row (None when every step in it was skipped) and starts a new window."""
+        """Appends the window's row and starts a new window. A window whose every step was skipped gets a row
+        without losses (its bad_steps still count); then None is returned."""
         if not self.steps:
+            if self.path:
+                with open(self.path, "a", newline="") as f:
+                    csv.DictWriter(f, LOG_FIELDS).writerow(values)
+            self.reset()
             return None
         totals = torch.cat([self.sums, self.counts])
         if self.shard.world_size > 1:  # the loss of the global batch, as a single process would log it
@@ -935,6 +949,7 @@ def train_on(cfg, out_dir, device, shard, resume, explicit):
     cfg = dataclasses.replace(cfg, classes=data.class_names, num_classes=len(data.class_names))
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out_dir)
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     memory_format = torch.channels_last if use_channels_last(cfg, device) else torch.contiguous_format
@@ -1226,16 +1241,19 @@ def plot_forward_process(schedule, x0, path, seed=0):
 
 
 def smooth(values, weight=0.9):
+    """Exponential moving average for plots; a missing value (NaN) keeps the previous average."""
     out, running = [], None
     for v in values:
-        running = v if running is None else weight * running + (1 - weight) * v
-        out.append(running)
+        if math.isfinite(v):
+            running = v if running is None else weight * running + (1 - weight) * v
+        out.append(running if running is not None else float("nan"))
     return out
 
 
 def plot_loss_curve(rows, path):
     """Training loss (raw and smoothed) and learning rate against step, and the loss per timestep quarter."""
     plt = pyplot()
+    rows = [r for r in rows if math.isfinite(r["loss"])]  # windows of skipped steps have no loss
     steps = [r["step"] for r in rows]
     fig, (ax_loss, ax_lr, ax_t) = plt.subplots(1, 3, figsize=(15, 4))
     ax_loss.plot(steps, [r["loss"] for r in rows], alpha=0.3, label="raw")
@@ -1442,6 +1460,13 @@ def positive_float(text):
     return value
 
 
+def non_negative_float(text):
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
+    return value
+
+
 def probability(text):
     value = float(text)
     if not 0 <= value < 1:
@@ -1502,7 +1527,7 @@ def add_train_parser(commands):
     add_config_option(opt, "--batch-size", "images per step and process (under torchrun the global batch is "
                                            "this x processes)", type=positive_int)
     add_config_option(opt, "--lr", "peak AdamW learning rate", type=positive_float)
-    add_config_option(opt, "--weight-decay", "AdamW weight decay", type=float)
+    add_config_option(opt, "--weight-decay", "AdamW weight decay", type=non_negative_float)
     add_config_option(opt, "--warmup-steps", "linear learning-rate warm-up steps", type=non_negative_int)
     add_config_option(opt, "--grad-clip", "gradient-norm clip", type=positive_float)
     add_config_option(opt, "--ema-decay", "EMA decay of the sampling weights", type=probability)

@@ -168,13 +168,11 @@ def test_faults_never_leave_a_damaged_checkpoint(faulted_run):
     assert [f.loaded for f in faulted_run.faults] == [f.newest for f in faulted_run.faults], faulted_run.summary
 
 
-def test_resumed_runs_leave_no_temp_files_of_their_own(faulted_run):
-    """A finished run leaves no *.tmp file, except one a kill left mid-save (see the xfail test below)."""
-    assert set(temp_files(faulted_run.out_dir)) <= set(faulted_run.faults[-1].temp_files), faulted_run.summary
+def test_resumed_runs_leave_no_temp_files(faulted_run):
+    """Not even those a kill left mid-save: each resume removes them."""
+    assert temp_files(faulted_run.out_dir) == [], faulted_run.summary
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a SIGKILL during save_atomically leaves its .<name>.XXXX.tmp file, and "
-                                       "nothing removes it later; each such kill leaks a checkpoint-sized file")
 def test_resume_removes_temp_files_left_by_a_kill_mid_save(tiny_data, tmp_path, monkeypatch):
     out_dir = tmp_path / "run"
     cfg = ddpm.Config(**tiny_config_values(data_dir=str(tiny_data), epochs=1, save_every="3"))
@@ -270,8 +268,6 @@ def test_non_finite_steps_are_counted_in_the_checkpoint(nan_run):
     assert (final["step"], final["bad_steps"]) == (NAN_STEPS, 3)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: TrainLog.write writes no row for a window whose steps were all skipped, "
-                                       "so a skipped last step leaves log.csv one step short and its count unlogged")
 def test_a_non_finite_last_step_is_counted_in_the_log(nan_run):
     last = ddpm.read_log(nan_run[1] / "log.csv")[-1]  # every row, with or without a loss
     assert (last["step"], last["bad_steps"]) == (NAN_STEPS, 3)
@@ -365,8 +361,6 @@ def test_bad_value_fails_with_one_line_and_exit_2(name, tiny_data, tmp_path, cap
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
-@pytest.mark.xfail(strict=True, reason="bug: --weight-decay takes any float; AdamW then raises ValueError "
-                                       "('Invalid weight_decay value'), which main() shows as a traceback")
 @pytest.mark.parametrize("value", ["-1", "nan"])
 def test_invalid_weight_decay_fails_with_one_line_and_exit_2(value, tiny_data, tmp_path, capsys):
     code, err = main_result([*(a.format(data=tiny_data, tmp=tmp_path) for a in TRAIN), "--weight-decay", value],
