@@ -1,0 +1,598 @@
+"""Builds Report.pdf from report/report.md and results/ (figures, metrics.json and the bench_*.json files).
+
+    python tools/make_report.py [--name NAME] [--roll-number ROLL] [--out PATH]
+
+Every number in the report is read from results/ when the report is built, so report and results cannot
+disagree. report/report.md is a small markdown subset:
+
+    # Chapter, ## Section          numbered headings; they fill the contents page and the PDF outline
+    paragraphs, "- " bullets, ``` code blocks, $$ a centred equation line $$, **bold**, *italic*, `code`,
+    x~sub~, x^sup^
+    ![caption](results/x.png){#fig:name width=0.8}      a numbered figure; @fig:name in the text refers to it
+    Table: caption {#tab:name}, then | a | b | rows      a numbered table (---: right-aligns a column); @tab:name
+    {expression:format}     a value from the results, formatted with Python's format(), e.g. {metrics.parameters:,}
+    !let name = expression  a short name for a value, usable in the lines below
+    !check expression       a claim the prose makes about the results; the build stops if it is false
+    <!-- comment -->        a line left out of the report
+
+Expressions read `metrics` (results/metrics.json) and `bench_cpu`, `bench_cuda`, `bench_cuda_compile`
+(results/bench_*.json): a.b and a["key"] look up keys, a[0] list items, pick(rows, key=value) the one row
+matching; + - * / // ** and comparisons work on numbers; min, max, abs, round, len, str, names (a list as
+"A, B and C") and alpha_bar(t, T, schedule) (the script's own noise schedule) are available. A missing key stops
+the build, naming the placeholder and the keys that do exist; so does a float without a format.
+
+Building the repository's own Report.pdf (the default --out) also writes report/built_from.json: the sha256 of
+results/metrics.json (which tools/package_submission.py checks) and of every other input (tests/test_report.py
+checks them all). The PDF is byte-for-byte reproducible (reportlab's invariant mode). The builder needs reportlab
+(requirements-dev.txt), Pillow and the DejaVu fonts that ship with matplotlib; rollNumber_05.py never imports it.
+"""
+import argparse
+import ast
+import hashlib
+import io
+import json
+import operator
+import os
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+from PIL import Image as PILImage
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_CENTER, TA_RIGHT
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import cm
+from reportlab.lib.utils import ImageReader
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.platypus import (BaseDocTemplate, CondPageBreak, Frame, Image, KeepTogether, ListFlowable, ListItem,
+                                NextPageTemplate, PageBreak, PageTemplate, Paragraph, Preformatted, Spacer, Table,
+                                TableStyle)
+from reportlab.platypus.tableofcontents import TableOfContents
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "report" / "report.md"
+RESULTS = ROOT / "results"
+DEFAULT_OUT = ROOT / "Report.pdf"
+BUILT_FROM = ROOT / "report" / "built_from.json"
+DATA_FILES = {"metrics": "metrics.json", "bench_cpu": "bench_cpu.json", "bench_cuda": "bench_cuda.json",
+              "bench_cuda_compile": "bench_cuda_compile.json"}
+TITLE = "Generating animal images with a denoising diffusion model"
+MAX_CODE_CHARS = 92  # a code line longer than this would run off the page: the build refuses it
+
+
+class ReportError(Exception):
+    """A problem in the source or the results that the author must fix; printed as one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: {expression:format} placeholders and !check claims, evaluated against the results
+# ---------------------------------------------------------------------------------------------
+
+def pick(rows, **match):
+    """The one row of a list of dicts whose keys equal `match`, e.g. pick(bench_cpu.training, model="ours")."""
+    found = [row for row in rows if all(row.get(k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise ReportError(f"pick({match}) matched {len(found)} rows, not 1")
+    return found[0]
+
+
+def alpha_bar(t, timesteps, schedule):
+    """alpha_bar_t (paper numbering, t = 1..T) of the script's own noise schedule."""
+    sys.path.insert(0, str(ROOT))
+    from rollNumber_05 import NoiseSchedule
+    return float(NoiseSchedule(timesteps, schedule).alphas_cumprod[t - 1])
+
+
+def names(items):
+    """['A', 'B', 'C'] -> 'A, B and C'."""
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+FUNCTIONS = {"pick": pick, "names": names, "alpha_bar": alpha_bar,
+             "min": min, "max": max, "abs": abs, "round": round, "len": len, "str": str}
+OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+             ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.USub: operator.neg,
+             ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+             ast.Eq: operator.eq, ast.NotEq: operator.ne}
+
+
+def lookup(container, key, where):
+    """container[key] for a dict or a list, or a ReportError naming what exists at `where`."""
+    if isinstance(container, dict) and key in container:
+        return container[key]
+    if isinstance(container, list) and isinstance(key, int) and -len(container) <= key < len(container):
+        return container[key]
+    there = f"keys there: {', '.join(map(str, container))}" if isinstance(container, dict) else \
+        f"a {type(container).__name__}" + (f" of {len(container)}" if isinstance(container, list) else "")
+    raise ReportError(f"no {key!r} in {where} ({there})")
+
+
+def evaluate(text, data):
+    """The value of one expression over the results; only the forms listed in the module docstring."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        raise ReportError(f"not an expression: {text}") from None
+
+    def value(node):
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id in data:
+                return data[node.id]
+            raise ReportError(f"unknown name {node.id!r}; the results are {', '.join(data)}")
+        if isinstance(node, ast.Attribute):
+            return lookup(value(node.value), node.attr, ast.unparse(node.value))
+        if isinstance(node, ast.Subscript):
+            return lookup(value(node.value), value(node.slice), ast.unparse(node.value))
+        if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
+            return OPERATORS[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in OPERATORS:
+            return OPERATORS[type(node.op)](value(node.operand))
+        if isinstance(node, ast.Compare) and all(type(op) in OPERATORS for op in node.ops):
+            values = [value(node.left)] + [value(c) for c in node.comparators]
+            return all(OPERATORS[type(op)](a, b) for op, a, b in zip(node.ops, values, values[1:]))
+        if isinstance(node, ast.BoolOp):
+            results = [value(v) for v in node.values]
+            return all(results) if isinstance(node.op, ast.And) else any(results)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS:
+            return FUNCTIONS[node.func.id](*map(value, node.args), **{k.arg: value(k.value) for k in node.keywords})
+        raise ReportError(f"unsupported expression {ast.unparse(node)!r}")
+
+    return value(tree)
+
+
+def split_format(inner):
+    """'expr:spec' -> (expr, spec); a colon inside brackets, parentheses or quotes belongs to the expression."""
+    depth, quote = 0, None
+    for i, ch in enumerate(inner):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == ":" and depth == 0:
+            return inner[:i], inner[i + 1:]
+    return inner, ""
+
+
+def render_value(inner, data):
+    expr, spec = split_format(inner)
+    try:
+        result = evaluate(expr, data)
+    except ReportError as err:
+        raise ReportError(f"{{{inner}}}: {err}") from None
+    if isinstance(result, float) and not spec:
+        raise ReportError(f"{{{inner}}} is a float: give it a format, e.g. {{{expr}:.2f}}")
+    try:
+        return format(result, spec)
+    except (ValueError, TypeError) as err:
+        raise ReportError(f"{{{inner}}}: format {spec!r} does not fit {result!r} ({err})") from None
+
+
+def fill_in(lines, data):
+    """Source lines with every {placeholder} replaced; !let lines name a value for the lines below, !check lines
+    are verified; both are dropped, as are comments. Errors name the source line."""
+    out, data = [], dict(data)
+    for number, line in enumerate(lines, 1):
+        try:
+            if line.startswith("!let "):
+                name, _, expr = line[len("!let "):].partition("=")
+                if not name.strip().isidentifier() or not expr.strip():
+                    raise ReportError(f"write !let NAME = EXPRESSION, not {line!r}")
+                data[name.strip()] = evaluate(expr, data)
+                continue
+            if line.startswith("!check "):
+                if not evaluate(line[len("!check "):], data):
+                    raise ReportError(f"claim is false with these results: {line[len('!check '):].strip()}")
+                continue
+            if line.strip().startswith("<!--"):
+                continue
+            out.append(re.sub(r"\{([^{}#]+)\}", lambda m: render_value(m.group(1), data), line))
+        except ReportError as err:
+            raise ReportError(f"{SOURCE.name} line {number}: {err}") from None
+    return out
+
+
+def load_results(results_dir):
+    data = {}
+    for name, file in DATA_FILES.items():
+        path = Path(results_dir) / file
+        if not path.is_file():
+            raise ReportError(f"{path} is missing; rebuild the results (see Readme.txt)")
+        data[name] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Typesetting: fonts, styles, inline markup and blocks -> reportlab flowables
+# ---------------------------------------------------------------------------------------------
+
+FONT_FILES = {"Serif": ["DejaVuSerif", "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic"],
+              "Sans": ["DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique"],
+              "Mono": ["DejaVuSansMono", "DejaVuSansMono-Bold", "DejaVuSansMono-Oblique", "DejaVuSansMono-BoldOblique"]}
+
+
+def register_fonts():
+    """DejaVu (ships with matplotlib, a dependency of the script): covers the Greek letters the text uses.
+    Each family is registered as NAME, NAME-Bold, NAME-Italic and NAME-BoldItalic, so <b> and <i> work."""
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    for family, files in FONT_FILES.items():
+        faces = [family, f"{family}-Bold", f"{family}-Italic", f"{family}-BoldItalic"]
+        for face, file in zip(faces, files):
+            pdfmetrics.registerFont(TTFont(face, str(folder / f"{file}.ttf")))
+        pdfmetrics.registerFontFamily(family, *faces)
+
+
+def make_styles():
+    body = ParagraphStyle("body", fontName="Serif", fontSize=10, leading=13.5, spaceAfter=6)
+    return {
+        "body": body,
+        "bullet": ParagraphStyle("bullet", parent=body, spaceAfter=2),
+        "h1": ParagraphStyle("h1", fontName="Sans-Bold", fontSize=16, leading=20, spaceBefore=14, spaceAfter=8,
+                             keepWithNext=1),  # with a paragraph; before a list, the CondPageBreak does it
+        "h2": ParagraphStyle("h2", fontName="Sans-Bold", fontSize=12, leading=15, spaceBefore=10, spaceAfter=4,
+                             keepWithNext=1),
+        "caption": ParagraphStyle("caption", parent=body, fontSize=8.5, leading=11, spaceBefore=3, spaceAfter=12),
+        "code": ParagraphStyle("code", fontName="Mono", fontSize=8, leading=10.5, leftIndent=8, spaceBefore=2,
+                               spaceAfter=8, backColor=colors.HexColor("#f3f3f3"), borderPadding=4),
+        "table_caption": ParagraphStyle("table_caption", parent=body, fontSize=8.5, leading=11, spaceBefore=6,
+                                        spaceAfter=4),
+        "equation": ParagraphStyle("equation", parent=body, alignment=TA_CENTER, spaceBefore=2, spaceAfter=8),
+        "cell": ParagraphStyle("cell", parent=body, fontSize=8.5, leading=11, spaceAfter=0),
+        "title": ParagraphStyle("title", fontName="Sans-Bold", fontSize=22, leading=28, alignment=TA_CENTER),
+        "subtitle": ParagraphStyle("subtitle", fontName="Serif-Italic", fontSize=13, leading=18, alignment=TA_CENTER),
+        "centre": ParagraphStyle("centre", parent=body, fontSize=12, leading=18, alignment=TA_CENTER),
+        "small": ParagraphStyle("small", parent=body, fontSize=8, leading=10, alignment=TA_CENTER,
+                                textColor=colors.HexColor("#555555")),
+        "toc1": ParagraphStyle("toc1", fontName="Sans-Bold", fontSize=11, leading=16, leftIndent=0),
+        "toc2": ParagraphStyle("toc2", fontName="Serif", fontSize=10, leading=13, leftIndent=18),
+    }
+
+
+def escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def inline(text, refs):
+    """Markdown inline markup -> reportlab paragraph markup. `code` spans are protected from the other rules."""
+    text = escape(text)
+    spans = []
+
+    def keep(m):
+        spans.append(f'<font name="Mono" size="8.5">{m.group(1)}</font>')
+        return f"\x00{len(spans) - 1}\x00"
+
+    text = re.sub(r"`([^`]+)`", keep, text)
+
+    def reference(m):
+        if m.group(0)[1:] not in refs:
+            raise ReportError(f"reference to an unknown label {m.group(0)}")
+        return refs[m.group(0)[1:]]
+
+    text = re.sub(r"@(?:fig|tab):[\w-]+", reference, text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
+    text = re.sub(r"~([^~\s]+)~", r"<sub>\1</sub>", text)
+    text = re.sub(r"\^([^\^\s]+)\^", r"<super>\1</super>", text)
+    return re.sub("\x00(\\d+)\x00", lambda m: spans[int(m.group(1))], text)
+
+
+FIGURE = re.compile(r"!\[(?P<caption>.*)\]\((?P<path>[^)]+)\)"
+                    r"\{#(?P<label>fig:[\w-]+)(?:\s+width=(?P<width>[\d.]+))?\}$")
+TABLE = re.compile(r"Table:\s*(?P<caption>.*?)\s*\{#(?P<label>tab:[\w-]+)\}$")
+
+
+def join_directives(lines):
+    """A figure or table caption may run over several source lines: each becomes one line, up to its {#label}."""
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if line.lstrip().startswith(("![", "Table:")):
+            while not re.search(r"\{#[^}]*\}\s*$", line) and i + 1 < len(lines) and lines[i + 1].strip():
+                i += 1
+                line = line.rstrip() + " " + lines[i].strip()
+        out.append(line)
+        i += 1
+    return out
+
+
+def number_labels(lines):
+    """'fig:x' -> 'Figure 3', 'tab:y' -> 'Table 1', numbered in order of appearance."""
+    refs, counts = {}, {"fig": 0, "tab": 0}
+    for line in lines:
+        m = FIGURE.match(line.strip()) or TABLE.match(line.strip())
+        if m:
+            kind = m.group("label")[:3]
+            counts[kind] += 1
+            if m.group("label") in refs:
+                raise ReportError(f"label {m.group('label')} is used twice")
+            refs[m.group("label")] = f"{'Figure' if kind == 'fig' else 'Table'} {counts[kind]}"
+    return refs
+
+
+class Heading(Paragraph):
+    """A heading that the document records in the contents and the PDF outline."""
+
+    def __init__(self, number, text, style, level):
+        super().__init__(f"{number}&nbsp;&nbsp;{text}", style)
+        self.level, self.key = level, f"h{number}"
+        self.plain = f"{number}  " + re.sub(r"<[^>]+>", "", text).replace("&amp;", "&").replace("&lt;", "<")
+
+
+def figure_path(text, results_dir):
+    """Figures come from results/ (or from the results_dir that stands in for it, in the tests)."""
+    if not text.startswith("results/"):
+        raise ReportError(f"figure {text} is not in results/: the report shows only what results/ holds")
+    return Path(results_dir) / text[len("results/"):]
+
+
+def figure(m, refs, styles, width, results_dir):
+    path = figure_path(m.group("path"), results_dir)
+    if not path.is_file():
+        raise ReportError(f"figure {path} does not exist; rebuild the results (see Readme.txt)")
+    w, h = ImageReader(str(path)).getSize()
+    draw_w = width * float(m.group("width") or 1.0)
+    draw_h = draw_w * h / w
+    if draw_h > 15 * cm:  # a tall figure shrinks to fit beside its caption
+        draw_w, draw_h = draw_w * 15 * cm / draw_h, 15 * cm
+    caption = Paragraph(f"<b>{refs[m.group('label')]}.</b> {inline(m.group('caption'), refs)}", styles["caption"])
+    height = 4 + draw_h + caption.wrap(width, A4[1])[1] + caption.style.spaceBefore + caption.style.spaceAfter
+    return height, [KeepTogether([Spacer(1, 4), Image(as_jpeg(path), draw_w, draw_h), caption])]
+
+
+def as_jpeg(path):
+    """The figure as JPEG bytes (quality 92, full colour resolution), laid on white. reportlab would embed a PNG's
+    raw pixels, and the noisy sample grids barely compress: this keeps the PDF a few MB, with no visible loss."""
+    with PILImage.open(path) as img:
+        rgba = img.convert("RGBA")
+    flat = PILImage.new("RGB", rgba.size, "white")
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    buffer = io.BytesIO()
+    flat.save(buffer, "JPEG", quality=92, subsampling=0)
+    buffer.seek(0)
+    return buffer
+
+
+def column_widths(rows, style, width):
+    """Each column as wide as its longest cell (header in bold), plus padding. If they do not fit, the wide columns are
+    capped at the one width that makes the total fit and their text wraps, but never below their longest word."""
+    def text_width(markup, bold):
+        return pdfmetrics.stringWidth(re.sub(r"<[^>]+>", "", markup), style.fontName + ("-Bold" if bold else ""),
+                                      style.fontSize) + 14
+
+    columns = list(zip(*rows))
+    natural = [max(text_width(c, i == 0) for i, c in enumerate(col)) for col in columns]
+    shortest = [max(text_width(word, i == 0) for i, c in enumerate(col) for word in c.split()) for col in columns]
+    low, high = 0.0, max(natural)
+    for _ in range(40):  # bisect for the cap
+        cap = (low + high) / 2
+        fits = sum(max(min(w, cap), m) for w, m in zip(natural, shortest)) <= width
+        low, high = (cap, high) if fits else (low, cap)
+    return [max(min(w, low), m) for w, m in zip(natural, shortest)]
+
+
+def table(caption_match, rows, refs, styles, width):
+    cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]
+    header, rule, body = cells[0], cells[1], cells[2:]
+    label = caption_match.group("label")
+    if not all(c and set(c) <= set(":-") for c in rule) or any(len(r) != len(header) for r in body):
+        raise ReportError(f"table {label}: needs a | --- | rule line and the same number of cells in every row")
+    right = [c.endswith(":") and not c.startswith(":") for c in rule]
+    cell, cell_right = styles["cell"], ParagraphStyle("cell_right", parent=styles["cell"], alignment=TA_RIGHT)
+    data = [[Paragraph(f"<b>{inline(c, refs)}</b>", cell_right if r else cell) for c, r in zip(header, right)]]
+    data += [[Paragraph(inline(c, refs), cell_right if r else cell) for c, r in zip(row, right)] for row in body]
+    plain = [[inline(c, refs) for c in row] for row in [header] + body]
+    t = Table(data, colWidths=column_widths(plain, cell, width), repeatRows=1, hAlign="CENTER")
+    t.setStyle(TableStyle([("LINEABOVE", (0, 0), (-1, 0), 0.8, colors.black),
+                           ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.black),
+                           ("LINEBELOW", (0, -1), (-1, -1), 0.8, colors.black),
+                           ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                           ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f4f4f4")])]))
+    caption = Paragraph(f"<b>{refs[label]}.</b> {inline(caption_match.group('caption'), refs)}",
+                        styles["table_caption"])
+    # a short table stays whole; a long one may break across pages (its header row repeats), but never right
+    # after its caption
+    _, height = t.wrap(width, A4[1])
+    return min(height + 1.5 * cm, 6 * cm), [caption, t, Spacer(1, 10)]
+
+
+def add_block(story, height, block):
+    """Appends a figure or table that needs `height` on its page; the headings right above it go with it."""
+    headings = []
+    while story and isinstance(story[-1], Heading):
+        headings.insert(0, story.pop())
+        story.pop()  # the heading's own CondPageBreak
+    story += [CondPageBreak(height + 2 * cm * len(headings))] + headings + block
+
+
+def blocks_to_flowables(lines, refs, styles, width, results_dir):
+    """The filled-in source lines -> flowables. Chapters and sections are numbered here."""
+    story, chapter, section, i = [], 0, 0, 0
+    paragraph = []
+
+    def flush():
+        if paragraph:
+            story.append(Paragraph(inline(" ".join(paragraph), refs), styles["body"]))
+            paragraph.clear()
+
+    while i < len(lines):
+        line = lines[i].rstrip()
+        stripped = line.strip()
+        if not stripped:
+            flush()
+        elif stripped.startswith("#"):
+            flush()
+            level = len(stripped) - len(stripped.lstrip("#"))
+            text = inline(stripped[level:].strip(), refs)
+            if level == 1:
+                chapter, section = chapter + 1, 0
+                story += [CondPageBreak(5 * cm), Heading(f"{chapter}", text, styles["h1"], 0)]
+            else:
+                section += 1
+                story += [CondPageBreak(3 * cm), Heading(f"{chapter}.{section}", text, styles["h2"], 1)]
+        elif stripped.startswith("$$") and stripped.endswith("$$") and len(stripped) > 4:
+            flush()
+            story.append(Paragraph(inline(stripped[2:-2].strip(), refs), styles["equation"]))
+        elif stripped.startswith("```"):
+            flush()
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```")), None)
+            if end is None:
+                raise ReportError(f"code block opened by {stripped!r} is never closed")
+            code = lines[i + 1:end]
+            too_long = [c for c in code if len(c) > MAX_CODE_CHARS]
+            if too_long:
+                raise ReportError(f"code line longer than {MAX_CODE_CHARS} characters: {too_long[0]}")
+            block = Preformatted("\n".join(code), styles["code"])
+            lead_in = [story.pop()] if story and isinstance(story[-1], Paragraph) else []  # "Run this:" stays with it
+            story.append(KeepTogether(lead_in + [block]))
+            i = end
+        elif FIGURE.match(stripped):
+            flush()
+            add_block(story, *figure(FIGURE.match(stripped), refs, styles, width, results_dir))
+        elif TABLE.match(stripped):
+            flush()
+            end = i + 1
+            while end < len(lines) and lines[end].strip().startswith("|"):
+                end += 1
+            add_block(story, *table(TABLE.match(stripped), lines[i + 1:end], refs, styles, width))
+            i = end - 1
+        elif stripped.startswith("- "):
+            flush()
+            items = []
+            while i < len(lines) and lines[i].strip():
+                if lines[i].strip().startswith("- "):
+                    items.append(lines[i].strip()[2:])
+                else:  # an indented continuation of the item above
+                    items[-1] += " " + lines[i].strip()
+                i += 1
+            story.append(ListFlowable([ListItem(Paragraph(inline(t, refs), styles["bullet"]), leftIndent=14)
+                                       for t in items], bulletType="bullet", start="\u2022", leftIndent=14,
+                                      bulletFontName="Serif",
+                                      spaceAfter=6))
+            continue
+        else:
+            paragraph.append(stripped)
+        i += 1
+    flush()
+    return story
+
+
+# ---------------------------------------------------------------------------------------------
+# The document: title page, contents, chapters; page numbers; report/built_from.json
+# ---------------------------------------------------------------------------------------------
+
+class ReportDoc(BaseDocTemplate):
+    def __init__(self, path, author, **kwargs):
+        super().__init__(str(path), pagesize=A4, leftMargin=2.3 * cm, rightMargin=2.3 * cm, topMargin=2.2 * cm,
+                         bottomMargin=2.2 * cm, title=TITLE, author=author, subject="DDPM course assignment report",
+                         creator="tools/make_report.py", invariant=1, **kwargs)
+        frame = Frame(self.leftMargin, self.bottomMargin, self.width, self.height, id="body")
+        self.addPageTemplates([PageTemplate("title", [frame]), PageTemplate("page", [frame], onPage=self.footer)])
+
+    @staticmethod
+    def footer(canvas, doc):
+        canvas.saveState()
+        canvas.setFont("Sans", 8)
+        canvas.setFillColor(colors.HexColor("#555555"))
+        canvas.drawString(doc.leftMargin, 1.2 * cm, TITLE)
+        canvas.drawRightString(doc.leftMargin + doc.width, 1.2 * cm, str(doc.page))
+        canvas.restoreState()
+
+    def afterFlowable(self, flowable):
+        if isinstance(flowable, Heading):
+            self.canv.bookmarkPage(flowable.key)
+            self.canv.addOutlineEntry(flowable.plain, flowable.key, flowable.level)
+            self.notify("TOCEntry", (flowable.level, flowable.plain, self.page, flowable.key))
+
+
+def title_page(name, roll_number, data, styles, results_dir):
+    m = data["metrics"]
+    summary = (f"A denoising diffusion probabilistic model with {m['parameters'] / 1e6:.1f} M parameters, trained on "
+               f"{m['evaluation']['train_images']} photos of {names(m['config']['classes'])}, "
+               f"draws new {m['config']['image_size']} x {m['config']['image_size']} px animals from pure noise.")
+    return [Spacer(1, 5 * cm), Paragraph(TITLE, styles["title"]), Spacer(1, 0.6 * cm),
+            Paragraph(f"A DDPM trained from scratch on {len(m['config']['classes'])} classes of about "
+                      f"{m['config']['images_per_class']} photos each", styles["subtitle"]), Spacer(1, 2.5 * cm),
+            Paragraph(f"<b>Name:</b> {escape(name)}", styles["centre"]),
+            Paragraph(f"<b>Roll number:</b> {escape(roll_number)}", styles["centre"]),
+            Spacer(1, 0.4 * cm), Paragraph("Course assignment report", styles["centre"]),
+            Spacer(1, 3 * cm), Paragraph(summary, ParagraphStyle("s", parent=styles["centre"], fontSize=10.5)),
+            Spacer(1, 1 * cm),
+            Paragraph(f"Every number in this report is read from results/ when it is built (tools/make_report.py); "
+                      f"this copy is built from results/metrics.json with sha256 "
+                      f"{sha256(Path(results_dir) / 'metrics.json')[:16]}...", styles["small"])]
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def input_files(results_dir):
+    """Everything the report is made from: the text, the builder, the JSON results and the figures it shows."""
+    lines = join_directives(SOURCE.read_text(encoding="utf-8").splitlines())
+    figures = sorted({figure_path(m.group("path"), results_dir)
+                      for line in lines if (m := FIGURE.match(line.strip()))})
+    return [SOURCE, Path(__file__).resolve()] + [Path(results_dir) / f for f in DATA_FILES.values()] + figures
+
+
+def build(out=DEFAULT_OUT, name="[Your Name]", roll_number="[Roll Number]", results_dir=None):
+    """Writes the PDF to `out` from results_dir (default: results/); returns the number of pages."""
+    results_dir = results_dir or RESULTS
+    data = load_results(results_dir)
+    lines = join_directives(fill_in(SOURCE.read_text(encoding="utf-8").splitlines(), data))
+    refs = number_labels(lines)
+    register_fonts()
+    styles = make_styles()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")  # a failed build leaves no half-written PDF under the real name
+    doc = ReportDoc(part, author=name)
+    contents = TableOfContents(levelStyles=[styles["toc1"], styles["toc2"]], dotsMinLevel=0)
+    story = title_page(name, roll_number, data, styles, results_dir) + [
+        NextPageTemplate("page"), PageBreak(), Paragraph("Contents", styles["h1"]), contents, PageBreak()]
+    story += blocks_to_flowables(lines, refs, styles, doc.width, results_dir)
+    try:
+        doc.multiBuild(story)
+        os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)
+    return doc.page
+
+
+def write_built_from():
+    results_dir = RESULTS
+    record = {"results_sha256": sha256(Path(results_dir) / "metrics.json"),
+              "inputs": {p.relative_to(ROOT).as_posix(): sha256(p) for p in input_files(results_dir)},
+              "report_sha256": sha256(DEFAULT_OUT)}
+    BUILT_FROM.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", default="[Your Name]", help="name on the title page (default: %(default)s)")
+    parser.add_argument("--roll-number", default="[Roll Number]", help="roll number on the title page "
+                                                                       "(default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PDF to write (default: Report.pdf at the "
+                                                                      "repository root)")
+    args = parser.parse_args(argv)
+    try:
+        pages = build(args.out, args.name, args.roll_number)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.out.resolve() == DEFAULT_OUT:
+        write_built_from()
+    print(f"wrote {args.out} ({pages} pages)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
