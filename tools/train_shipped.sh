@@ -6,7 +6,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/animals}
 RUNS=${RUNS:-runs}
-SHIP_EPOCHS=${SHIP_EPOCHS:-2000}
+SHIP_EPOCHS=${SHIP_EPOCHS:-2500}
 SWEEP_EPOCHS=${SWEEP_EPOCHS:-600}
 PYTHON=${PYTHON:-python3}
 # Five classes that differ in shape, colour and texture, so a glance tells them apart.
