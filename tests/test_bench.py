@@ -28,5 +28,6 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
             assert row[key] > 0, f"{row['model']} {key} = {row[key]}"
         assert row["peak_memory_bytes"] >= 0
     assert all(ratio > 0 for ratio in report["ours_over_peer"].values())
-    assert {(row["sampler"], row["steps"]) for row in report["sampling"]} == {("ddpm", 1000), ("ddim", 25)}
+    assert {(row["sampler"], row["steps"], row["guidance"]) for row in report["sampling"]} == \
+        {("ddpm", 1000, 1.0), ("ddim", 25, 1.0), ("ddpm", 1000, 3.0), ("ddim", 25, 3.0)}
     assert all(row["seconds_per_batch"] > 0 for row in report["sampling"])

@@ -113,6 +113,22 @@ def test_train_stores_the_flags_in_the_model(trained_model):
     assert cfg.conditional and cfg.classes == ["Crow", "Fox", "Owl"]
 
 
+def test_train_is_class_conditional_unless_told_otherwise():
+    parse = ddpm.build_parser().parse_args
+    assert ddpm.Config().conditional and not hasattr(parse(["train", "--data-dir", "d"]), "conditional")
+    assert parse(["train", "--data-dir", "d", "--no-conditional"]).conditional is False
+    assert parse(["train", "--data-dir", "d", "--conditional"]).conditional is True
+
+
+def test_a_gpu_run_gets_a_batch_that_fills_it_unless_one_is_given(monkeypatch, tmp_path):
+    asked = []
+    monkeypatch.setattr(ddpm, "pick_device", lambda name: ddpm.torch.device("cuda"))
+    monkeypatch.setattr(ddpm, "train", lambda cfg, *args: asked.append(cfg.batch_size))
+    for extra in ([], ["--batch-size", "8"]):
+        assert ddpm.main(["train", "--data-dir", "d", "--out-dir", str(tmp_path / "run"), *extra]) == 0
+    assert asked == [ddpm.GPU_BATCH_SIZE, 8] and ddpm.GPU_BATCH_SIZE > ddpm.Config().batch_size
+
+
 # --- sample -------------------------------------------------------------------------------------------------
 
 def grid_size(images, per_row, size=16, padding=2):

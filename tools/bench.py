@@ -11,7 +11,8 @@ after warm-up, FLOPs per image (torch.utils.flop_counter, forward + backward) an
 and peak memory (CUDA: max allocated; CPU: growth of the peak RSS, approximate).
 
 Sampling: rollNumber_05.generate_from_noise at 64 px, batch 1 and 16: DDPM over all T steps and DDIM at 50
-and 25 steps, with the classifier-free guidance the `sample` command uses.
+and 25 steps, without guidance (one network pass per step) and with the classifier-free guidance the `sample`
+command uses (two passes, batched).
 
 diffusers is a benchmark-only dependency (requirements-dev.txt); rollNumber_05.py never imports it.
 """
@@ -254,13 +255,14 @@ def time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, 
 
 def measure_sampling(device, args):
     model, schedule, cfg = sampling_model(args.checkpoint, device, args)
-    guidance = args.guidance if cfg.conditional else 1.0
+    scales = args.guidance if cfg.conditional else [1.0]
+    batch = max(args.sample_batches)
+    ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(batch, cfg.image_size, 0), "ddim", 2,
+                             labels=ddpm.class_labels(cfg, batch),
+                             guidance=max(scales))  # warm-up: allocator, cuDNN algorithm choice
     timed_ddpm_steps = min(args.ddpm_steps or schedule.timesteps, schedule.timesteps)
-    ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(max(args.sample_batches), cfg.image_size, 0),
-                             "ddim", 2, labels=ddpm.class_labels(cfg, max(args.sample_batches)),
-                             guidance=guidance)  # warm-up: allocator, cuDNN algorithm choice
     return [time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, guidance, device, args)
-            for batch in args.sample_batches for sampler, steps in args.samplers]
+            for guidance in scales for batch in args.sample_batches for sampler, steps in args.samplers]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,14 +334,12 @@ def training_lines(rows, ratios, settings, on_gpu):
 
 
 def sampling_lines(rows, trained):
-    first = rows[0]
-    passes = "two passes per step, batched" if first["guidance"] != 1 else "one pass per step"
-    lines = [f"sampling at {first['image_size']} px, guidance {first['guidance']} ({passes}), "
-             f"{'trained' if trained else 'freshly initialised'} model",
-             f"{'sampler':<9}{'steps':>6}{'batch':>6}{'s/batch':>10}{'s/image':>10}"]
+    lines = [f"sampling at {rows[0]['image_size']} px, {'trained' if trained else 'freshly initialised'} model; "
+             f"guidance 1 is one network pass per step, other scales two (batched)",
+             f"{'sampler':<9}{'steps':>6}{'guidance':>9}{'batch':>6}{'s/batch':>10}{'s/image':>10}"]
     for r in rows:
         note = f"  extrapolated from {r['timed_steps']} steps" if r["extrapolated"] else ""
-        lines.append(f"{r['sampler']:<9}{r['steps']:>6}{r['batch']:>6}{r['seconds_per_batch']:>10.2f}"
+        lines.append(f"{r['sampler']:<9}{r['steps']:>6}{r['guidance']:>9g}{r['batch']:>6}{r['seconds_per_batch']:>10.2f}"
                      f"{r['seconds_per_image']:>10.3f}{note}")
     return lines
 
@@ -393,6 +393,17 @@ def sampler_list(text):
     return samplers
 
 
+def float_list(text):
+    """'1,3' -> [1.0, 3.0]: guidance scales, each at least 1 (1 = no guidance)."""
+    try:
+        scales = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 1,3; got {text!r}") from None
+    if not scales or min(scales) < 1:
+        raise argparse.ArgumentTypeError(f"guidance scales must be 1 or more, e.g. 1,3; got {text!r}")
+    return scales
+
+
 def apply_mode_defaults(args, device_type):
     """Step counts left unset get defaults by mode and device: a CPU step at 64 px takes seconds, a GPU step
     milliseconds, and --quick only has to prove the tool still runs."""
@@ -406,7 +417,8 @@ def apply_mode_defaults(args, device_type):
                 # all T DDPM steps at batch 16 take about an hour on a CPU; every step costs the same, so a
                 # timed stretch scaled up is as good
                 "ddpm_steps": 5 if quick else (100 if cpu else None),
-                "sampling_repeats": 1 if quick else 3}
+                "sampling_repeats": 1 if quick else 3,
+                "guidance": [1.0, ddpm.DEFAULT_GUIDANCE]}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -435,8 +447,9 @@ def build_parser():
     p.add_argument("--ddpm-steps", type=ddpm.positive_int,
                    help="time this many DDPM steps and scale to T (default: all T on CUDA, 100 on CPU, 5 quick)")
     p.add_argument("--sampling-repeats", type=ddpm.positive_int, help="timed runs per sampler (median)")
-    p.add_argument("--guidance", type=ddpm.positive_float, default=ddpm.DEFAULT_GUIDANCE,
-                   help="classifier-free guidance for sampling, as the sample command (default: %(default)s)")
+    p.add_argument("--guidance", type=float_list,
+                   help=f"guidance scales to time sampling at (default: 1 and the sample command's "
+                        f"{ddpm.DEFAULT_GUIDANCE:g})")
     p.add_argument("--checkpoint", help="time sampling with this trained model (default: a fresh default model)")
     p.add_argument("--threads", type=ddpm.positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--peak-tflops", type=ddpm.positive_float, default=989.0,

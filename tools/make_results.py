@@ -1,16 +1,18 @@
 """Rebuilds results/ (figures and metrics.json) from the shipped model and its training runs.
 
     python tools/make_results.py --run runs/ship --sweep runs/lr_1e-3 runs/lr_2e-4 runs/lr_5e-5 \
-        --experiments runs/drop03 runs/small --data-dir ../shared/data/animals
+        --experiments runs/drop03 runs/small --cpu-run runs/cpu_default --data-dir ../shared/data/animals
 
 --run is the folder `rollNumber_05.py train` wrote for the shipped model (log.csv, run_info.json); the model
 itself is read from --model (default saved_models/ddpm_animals.pt). Each --sweep folder is a short run at another
-learning rate (log.csv, config.json, model.pt); each --experiments folder another configuration tried (model.pt).
+learning rate (log.csv, config.json, model.pt); each --experiments folder another configuration tried (model.pt);
+--cpu-run the default configuration trained on a CPU (log.csv, run_info.json, samples/).
 Figures hold generated images only: the dataset's photos have an
 unknown licence and stay out of the repository.
 """
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -82,6 +84,50 @@ def guidance_comparison(model, schedule, cfg, out, seed, scales=(1.0, 2.0, 3.0, 
                     "classifier-free guidance scale, same noise (DDIM 50)")
 
 
+def memorisation_by_guidance(model, schedule, cfg, data_dir, seed, scales=(1.0, 1.5, 2.0, 3.0), num_samples=50):
+    """The memorisation rate of the evaluation's 50 DDIM-50 samples at each guidance scale: stronger guidance
+    pulls samples towards the training photos."""
+    data = ddpm.AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, False)
+    images = data.images.float() / 127.5 - 1
+    rates = {}
+    for scale in scales:
+        samples, _ = timed_samples(model, schedule, cfg, ddpm.seeded_noise(num_samples, cfg.image_size, seed),
+                                   ddpm.class_labels(cfg, num_samples), "ddim", 50, scale, seed)
+        distances, _ = ddpm.nearest_training_images(samples, images)
+        rates[f"{scale:g}"] = ddpm.memorisation_rate(distances)
+    return rates
+
+
+def cpu_training(run_dir, out, grids=4):
+    """cpu_training.png and numbers: the default configuration trained on this CPU, its fixed-seed sample grids
+    at evenly spaced epochs with the minutes they took, and its loss curve."""
+    plt = ddpm.pyplot()
+    cfg = json.loads((run_dir / "config.json").read_text())
+    info = json.loads((run_dir / "run_info.json").read_text())
+    rows = ddpm.read_log(run_dir / "log.csv")
+    steps_per_epoch = rows[-1]["step"] / rows[-1]["epoch"]
+    saved = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "samples").glob("epoch_*.png"))
+    shown = [saved[math.ceil(len(saved) * (i + 1) / grids) - 1] for i in range(grids)]  # the last one included
+    minutes = {e: next(r["elapsed_s"] for r in rows if r["step"] >= e * steps_per_epoch) / 60 for e in shown}
+    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(2.9 * (len(shown) + 1), 2.6))
+    axes[0].plot([r["step"] for r in rows], [r["loss"] for r in rows], alpha=0.3)
+    axes[0].plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows]))
+    axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    for ax, epoch in zip(axes[1:], shown):
+        ax.imshow(Image.open(run_dir / "samples" / f"epoch_{epoch:05d}.png"))
+        ax.set_title(f"epoch {epoch}: {minutes[epoch]:.0f} min", fontsize=10)
+        ax.axis("off")
+    fig.suptitle(f"default configuration on {info['device']}: {cfg['image_size']} px, "
+                 f"{info['parameters'] / 1e6:.1f} M parameters, batch {cfg['batch_size']}, lr {cfg['lr']:g}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "cpu_training.png", dpi=110)
+    plt.close(fig)
+    return {**info, "image_size": cfg["image_size"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
+            "images_per_s": info["images_seen"] / info["train_seconds"],
+            "final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]),
+            "grid_minutes": {str(e): round(m, 1) for e, m in minutes.items()}}
+
+
 def reverse_and_forward(model, schedule, cfg, out, seed):
     """reverse_process.png: one DDPM trajectory; forward_process.png: that generated image noised again."""
     label = ddpm.class_labels(cfg, 1, "Panda" if "Panda" in cfg.classes else None)
@@ -102,7 +148,7 @@ def lr_sweep(sweep_dirs, out):
     fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4.2 * (len(runs) + 1), 4))
     summary = {}
     for lr, rows, folder in sorted(runs, reverse=True):
-        axes[0].plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows], 0.95), label=f"lr {lr:g}")
+        axes[0].plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows], 0.5), label=f"lr {lr:g}")
         summary[f"{lr:g}"] = {"final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]),
                               "steps": int(rows[-1]["step"])}
     axes[0].set(xlabel="step", ylabel="loss (smoothed)", yscale="log", title="training loss")
@@ -157,6 +203,7 @@ def main():
     parser.add_argument("--sweep", type=Path, nargs="*", default=[])
     parser.add_argument("--experiments", type=Path, nargs="*", default=[],
                         help="run folders of other configurations tried (model.pt each)")
+    parser.add_argument("--cpu-run", type=Path, help="run folder of the default configuration trained on a CPU")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--seed", type=int, default=0)
@@ -176,6 +223,8 @@ def main():
     steps = [("forward/reverse", lambda: metrics.update(reverse_and_forward(model, schedule, cfg, args.out, args.seed))),
              ("samples", lambda: per_class_samples(model, schedule, cfg, args.out, 8, args.seed)),
              ("guidance", lambda: guidance_comparison(model, schedule, cfg, args.out, args.seed)),
+             ("memorisation by guidance", lambda: metrics.update(memorisation_by_guidance=memorisation_by_guidance(
+                 model, schedule, cfg, args.data_dir, args.seed))),
              ("samplers", lambda: metrics.update(sampling_seconds_cpu=sampler_comparison(model, schedule, cfg, args.out,
                                                                                           args.seed))),
              ("evaluation", lambda: metrics.update(evaluation=ddpm.evaluate(
@@ -185,6 +234,8 @@ def main():
         steps.append(("experiments", lambda: metrics.update(
             experiments=experiments(args.model, metrics["evaluation"], args.experiments, args.data_dir, args.out,
                                     args.seed))))
+    if args.cpu_run:
+        steps.append(("cpu run", lambda: metrics.update(cpu_training=cpu_training(args.cpu_run, args.out))))
     if args.sweep:
         steps.append(("lr sweep", lambda: metrics.update(lr_sweep=lr_sweep(args.sweep, args.out),
                                                          lr_sweep_eval_loss=sweep_eval_losses(args.sweep, args.data_dir))))
