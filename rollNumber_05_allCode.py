@@ -2172,7 +2172,7 @@ def apply_mode_defaults(args, device_type):
                 # all T DDPM steps at batch 16 take about an hour on a CPU; every step costs the same, so a
                 # timed stretch scaled up is as good
                 "ddpm_steps": 5 if quick else (100 if cpu else None),
-                "sampling_repeats": 1 if quick else 3,
+                "sampling_repeats": 1 if quick else 5,  # a shared CPU has slow spells: a median of 5
                 "guidance": [1.0, ddpm.DEFAULT_GUIDANCE]}
     for name, value in defaults.items():
         if getattr(args, name) is None:
