@@ -1415,15 +1415,19 @@ def plot_nearest_neighbours(samples, distances, path, train_images=None, indices
     plt.close(fig)
 
 
+def training_images(data_dir, cfg):
+    """The photos a model was trained on, unflipped, in [-1, 1], and their labels (None for an unconditional model)."""
+    data = AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, flip=False)
+    return data.images.float() / 127.5 - 1, data.labels if cfg.conditional else None
+
+
 def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, sampler="ddim", steps=50,
              guidance=None, loss_points=10, vlb_points=50, seed=0, figure=None, show_photos=False):
     """Loss on a fixed t grid, variational bound (bits/dim) and memorisation of a checkpoint; writes JSON."""
     device = pick_device(device)
     model, schedule, cfg = load_model(checkpoint, device)
     check_guidance(guidance, cfg)
-    data = AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, flip=False)
-    images = data.images.float() / 127.5 - 1
-    labels = data.labels if cfg.conditional else None
+    images, labels = training_images(data_dir, cfg)
     loss, loss_per_t = denoising_loss_grid(model, schedule, images, labels, loss_points, seed)
     vlb = variational_bound_bpd(model, schedule, images, labels, vlb_points, seed)
     guidance = guidance_for(cfg, guidance)

@@ -1425,15 +1425,19 @@ def plot_nearest_neighbours(samples, distances, path, train_images=None, indices
     plt.close(fig)
 
 
+def training_images(data_dir, cfg):
+    """The photos a model was trained on, unflipped, in [-1, 1], and their labels (None for an unconditional model)."""
+    data = AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, flip=False)
+    return data.images.float() / 127.5 - 1, data.labels if cfg.conditional else None
+
+
 def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, sampler="ddim", steps=50,
              guidance=None, loss_points=10, vlb_points=50, seed=0, figure=None, show_photos=False):
     """Loss on a fixed t grid, variational bound (bits/dim) and memorisation of a checkpoint; writes JSON."""
     device = pick_device(device)
     model, schedule, cfg = load_model(checkpoint, device)
     check_guidance(guidance, cfg)
-    data = AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, flip=False)
-    images = data.images.float() / 127.5 - 1
-    labels = data.labels if cfg.conditional else None
+    images, labels = training_images(data_dir, cfg)
     loss, loss_per_t = denoising_loss_grid(model, schedule, images, labels, loss_points, seed)
     vlb = variational_bound_bpd(model, schedule, images, labels, vlb_points, seed)
     guidance = guidance_for(cfg, guidance)
@@ -3270,8 +3274,7 @@ def guidance_comparison(model, schedule, cfg, out, seed, scales=(1.0, 2.0, 3.0, 
 def memorisation_by_guidance(model, schedule, cfg, data_dir, seed, scales=(1.0, 1.5, 2.0, 3.0), num_samples=50):
     """The memorisation rate of the evaluation's 50 DDIM-50 samples at each guidance scale: stronger guidance
     pulls samples towards the training photos."""
-    data = ddpm.AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, False)
-    images = data.images.float() / 127.5 - 1
+    images, _ = ddpm.training_images(data_dir, cfg)
     rates = {}
     for scale in scales:
         samples, _ = timed_samples(model, schedule, cfg, ddpm.seeded_noise(num_samples, cfg.image_size, seed),
@@ -3351,9 +3354,7 @@ def sweep_eval_losses(sweep_dirs, data_dir):
     losses = {}
     for folder in sweep_dirs:
         model, schedule, cfg = ddpm.load_model(folder / "model.pt")
-        data = ddpm.AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, False)
-        images = data.images.float() / 127.5 - 1
-        loss, _ = ddpm.denoising_loss_grid(model, schedule, images, data.labels if cfg.conditional else None)
+        loss, _ = ddpm.denoising_loss_grid(model, schedule, *ddpm.training_images(data_dir, cfg))
         losses[f"{cfg.lr:g}"] = loss
     return losses
 

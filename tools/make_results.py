@@ -87,8 +87,7 @@ def guidance_comparison(model, schedule, cfg, out, seed, scales=(1.0, 2.0, 3.0, 
 def memorisation_by_guidance(model, schedule, cfg, data_dir, seed, scales=(1.0, 1.5, 2.0, 3.0), num_samples=50):
     """The memorisation rate of the evaluation's 50 DDIM-50 samples at each guidance scale: stronger guidance
     pulls samples towards the training photos."""
-    data = ddpm.AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, False)
-    images = data.images.float() / 127.5 - 1
+    images, _ = ddpm.training_images(data_dir, cfg)
     rates = {}
     for scale in scales:
         samples, _ = timed_samples(model, schedule, cfg, ddpm.seeded_noise(num_samples, cfg.image_size, seed),
@@ -168,9 +167,7 @@ def sweep_eval_losses(sweep_dirs, data_dir):
     losses = {}
     for folder in sweep_dirs:
         model, schedule, cfg = ddpm.load_model(folder / "model.pt")
-        data = ddpm.AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, False)
-        images = data.images.float() / 127.5 - 1
-        loss, _ = ddpm.denoising_loss_grid(model, schedule, images, data.labels if cfg.conditional else None)
+        loss, _ = ddpm.denoising_loss_grid(model, schedule, *ddpm.training_images(data_dir, cfg))
         losses[f"{cfg.lr:g}"] = loss
     return losses
 
