@@ -1,5 +1,6 @@
 """tools/bench.py keeps working: its --quick run finishes and writes a complete JSON report. No timing thresholds:
 the numbers depend on the machine and on whatever else runs on it."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -31,3 +32,22 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert {(row["sampler"], row["steps"], row["guidance"]) for row in report["sampling"]} == \
         {("ddpm", 1000, 1.0), ("ddim", 25, 1.0), ("ddpm", 1000, 3.0), ("ddim", 25, 3.0)}
     assert all(row["seconds_per_batch"] > 0 for row in report["sampling"])
+    assert not any(row["cuda_graph"] for row in report["sampling"]), "CUDA graphs are for CUDA devices only"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_compile_flag_takes_the_trainers_mode_or_named_modes(capsys):
+    parse = load_bench().build_parser().parse_args
+    assert parse([]).compile is None
+    assert parse(["--compile"]).compile == ["trainer"]
+    assert parse(["--compile", "--quick"]).compile == ["trainer"]
+    assert parse(["--compile", "default,reduce-overhead"]).compile == ["default", "reduce-overhead"]
+    with pytest.raises(SystemExit):
+        parse(["--compile", "fastest"])
+    assert "compile modes are some of" in capsys.readouterr().err

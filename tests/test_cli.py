@@ -177,6 +177,7 @@ def test_evaluate_writes_metrics_json(cli):
     assert {"denoising_loss", "bpd", "memorisation_rate"} <= metrics.keys()
     assert metrics["denoising_loss"] > 0 and metrics["bpd"] > 0
     assert 0 <= metrics["memorisation_rate"] <= 1
+    assert 1 <= metrics["nearest_photos_distinct"] <= metrics["samples"]
     assert metrics["samples"] == 4 and metrics["train_images"] == 12
     assert json.loads(out)["bpd"] == metrics["bpd"]  # stdout carries the same numbers
 

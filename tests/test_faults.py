@@ -79,9 +79,9 @@ FAULTS = [signal.SIGKILL, signal.SIGINT, signal.SIGKILL, signal.SIGTERM, signal.
 
 # What the run folder held just after one fault: the signal, the process's exit status and stderr, the last step
 # in log.csv, the step --resume continues from, the newest step_*.pt and the one --resume loads, the *.tmp files
-# in the folder (those left by earlier faults too), and the step of model.pt (None where there is none).
+# in the folder (those left by earlier faults too), and the steps of model.pt and run_info.json (None where absent).
 Fault = dataclasses.make_dataclass("Fault", ["signal", "rc", "stderr", "logged", "saved", "newest", "loaded",
-                                             "temp_files", "model_step"])
+                                             "temp_files", "model_step", "info_step"])
 # The whole run: its faults, the last process's (rc, stdout, stderr), the folder, the gaps polled between the
 # logged step and the newest checkpoint while it trained, and a line of counts.
 Campaign = dataclasses.make_dataclass("Campaign", ["faults", "final", "out_dir", "gaps", "summary"])
@@ -94,7 +94,8 @@ def inject(proc, sig, out_dir):
     payload, path = ddpm.latest_checkpoint(out_dir)
     model = out_dir / "model.pt"
     return Fault(sig.name, rc, err, last_logged_step(out_dir), payload["step"], checkpoint_names(out_dir)[-1],
-                 path.name, temp_files(out_dir), ddpm.load_checkpoint(model)["step"] if model.exists() else None)
+                 path.name, temp_files(out_dir), ddpm.load_checkpoint(model)["step"] if model.exists() else None,
+                 run_info_steps(out_dir) if (out_dir / "run_info.json").exists() else None)
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +210,13 @@ def test_signal_saves_a_checkpoint_at_the_last_logged_step(faulted_run, name):
 def test_signal_exports_model_pt_at_the_last_logged_step(faulted_run, name):
     [stop] = faults_of(faulted_run, name)
     assert stop.model_step == stop.logged
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_signal_writes_run_info_for_the_steps_done(faulted_run, name):
+    """A run stopped for good (a time limit, say) still says what it cost, for the report."""
+    [stop] = faults_of(faulted_run, name)
+    assert stop.info_step == stop.logged
 
 
 # --- non-finite losses ------------------------------------------------------------------------------------

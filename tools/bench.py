@@ -12,7 +12,7 @@ and peak memory (CUDA: max allocated; CPU: growth of the peak RSS, approximate).
 
 Sampling: rollNumber_05.generate_from_noise at 64 px, batch 1 and 16: DDPM over all T steps and DDIM at 50
 and 25 steps, without guidance (one network pass per step) and with the classifier-free guidance the `sample`
-command uses (two passes, batched).
+command uses (two passes, batched). On CUDA each is timed with the sampler's CUDA graph off and on.
 
 diffusers is a benchmark-only dependency (requirements-dev.txt); rollNumber_05.py never imports it.
 """
@@ -187,8 +187,16 @@ def flops_per_image(model, schedule, cfg, bf16, memory_format, device, batch=2):
     return counter.get_total_flops() / batch
 
 
+def compile_as(kind, model, device):
+    """'ours+compile' compiles as `train --compile` does; 'ours+compile:MODE' with that torch.compile mode."""
+    if "+compile" not in kind:
+        return model
+    mode = kind.partition(":")[2]
+    return torch.compile(model, mode=mode) if mode else ddpm.compile_model(model, device)
+
+
 def measure_training(kind, image_size, peer, device, args):
-    """images/s, FLOPs and peak memory of training `kind` ('ours', 'ours+compile' or 'peer') at image_size."""
+    """images/s, FLOPs and peak memory of training `kind` ('ours', 'ours+compile[:MODE]' or 'peer') at image_size."""
     cfg = our_config(image_size, args)
     ddpm.check_image_size(cfg)
     release_memory(device)
@@ -200,7 +208,7 @@ def measure_training(kind, image_size, peer, device, args):
     ema = ddpm.EMA(model, cfg.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # as train(): one kernel for the update on CUDA
-    forward_model = torch.compile(model) if kind.endswith("+compile") else model
+    forward_model = compile_as(kind, model, device)
     # a stand-in for the photo set: 100 uint8 images on the device, as train() keeps them
     images = torch.randint(0, 256, (100, 3, image_size, image_size), dtype=torch.uint8, device=device)
     labels = torch.arange(100, device=device) % cfg.num_classes
@@ -233,7 +241,7 @@ def sampling_model(checkpoint, device, args):
     return model, ddpm.NoiseSchedule(cfg.timesteps, cfg.schedule, device), cfg
 
 
-def time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, guidance, device, args):
+def time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, guidance, cuda_graph, device, args):
     """Seconds for one batch. DDPM is timed over `timed_ddpm_steps` steps (a schedule of that length: every
     step costs the same) and scaled to T."""
     noise = ddpm.seeded_noise(batch, cfg.image_size, seed=0)
@@ -245,10 +253,11 @@ def time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, 
         run_schedule, scale = schedule, 1.0
 
     def run(_):
-        ddpm.generate_from_noise(model, run_schedule, noise, sampler, steps, labels=labels, guidance=guidance)
+        ddpm.generate_from_noise(model, run_schedule, noise, sampler, steps, labels=labels, guidance=guidance,
+                                 cuda_graph=cuda_graph)
     seconds = statistics.median(timed_runs(run, 0, args.sampling_repeats, device)) * scale
     return {"sampler": sampler, "steps": schedule.timesteps if sampler == "ddpm" else steps, "batch": batch,
-            "image_size": cfg.image_size, "guidance": guidance, "seconds_per_batch": seconds,
+            "image_size": cfg.image_size, "guidance": guidance, "cuda_graph": cuda_graph, "seconds_per_batch": seconds,
             "seconds_per_image": seconds / batch,
             "timed_steps": run_schedule.timesteps if sampler == "ddpm" else steps, "extrapolated": scale != 1.0}
 
@@ -261,8 +270,10 @@ def measure_sampling(device, args):
                              labels=ddpm.class_labels(cfg, batch),
                              guidance=max(scales))  # warm-up: allocator, cuDNN algorithm choice
     timed_ddpm_steps = min(args.ddpm_steps or schedule.timesteps, schedule.timesteps)
-    return [time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, guidance, device, args)
-            for guidance in scales for batch in args.sample_batches for sampler, steps in args.samplers]
+    graph_modes = [False, True] if device.type == "cuda" else [False]  # the sampler's CUDA graph off and on
+    return [time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, guidance, graph, device, args)
+            for guidance in scales for batch in args.sample_batches for sampler, steps in args.samplers
+            for graph in graph_modes]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,15 +330,15 @@ def training_lines(rows, ratios, settings, on_gpu):
     lines = [f"training: batch {first['batch_size']}, {'bf16 autocast' if first['bf16'] else 'fp32'}, "
              f"{'channels-last' if first['channels_last'] else 'contiguous'}, AdamW, grad clip, EMA; "
              f"median of {settings['steps']} steps after {settings['warmup_steps']} warm-up",
-             f"{'model':<14}{'px':>4}{'images/s':>10}{'ms/step':>10}{'GFLOP/img':>11}{'TFLOP/s':>9}"
+             f"{'model':<28}{'px':>4}{'images/s':>10}{'ms/step':>10}{'GFLOP/img':>11}{'TFLOP/s':>9}"
              + (f"{'% peak':>8}" if on_gpu else "") + f"{'peak MB':>9}"]
     for r in rows:
         tflops = r["achieved_flops_per_s"] / 1e12
-        lines.append(f"{r['model']:<14}{r['image_size']:>4}{r['images_per_s']:>10.1f}"
+        lines.append(f"{r['model']:<28}{r['image_size']:>4}{r['images_per_s']:>10.1f}"
                      f"{r['step_seconds_median'] * 1e3:>10.1f}{r['flops_per_image'] / 1e9:>11.2f}{tflops:>9.3f}"
                      + (f"{100 * tflops / settings['peak_tflops']:>7.1f}%" if on_gpu else "")
                      + f"{r['peak_memory_bytes'] / 2 ** 20:>9.0f}")
-    lines += [f"{name:<24}{ratio:>6.2f}x images/s" for name, ratio in ratios.items()]
+    lines += [f"{name:<38}{ratio:>6.2f}x images/s" for name, ratio in ratios.items()]
     if not on_gpu:
         lines.append("(CPU peak MB: growth of the process's peak RSS during the run, approximate)")
     return lines
@@ -336,10 +347,11 @@ def training_lines(rows, ratios, settings, on_gpu):
 def sampling_lines(rows, trained):
     lines = [f"sampling at {rows[0]['image_size']} px, {'trained' if trained else 'freshly initialised'} model; "
              f"guidance 1 is one network pass per step, other scales two (batched)",
-             f"{'sampler':<9}{'steps':>6}{'guidance':>9}{'batch':>6}{'s/batch':>10}{'s/image':>10}"]
+             f"{'sampler':<9}{'steps':>6}{'guidance':>9}{'batch':>6}{'graph':>6}{'s/batch':>10}{'s/image':>10}"]
     for r in rows:
         note = f"  extrapolated from {r['timed_steps']} steps" if r["extrapolated"] else ""
-        lines.append(f"{r['sampler']:<9}{r['steps']:>6}{r['guidance']:>9g}{r['batch']:>6}{r['seconds_per_batch']:>10.2f}"
+        lines.append(f"{r['sampler']:<9}{r['steps']:>6}{r['guidance']:>9g}{r['batch']:>6}"
+                     f"{'yes' if r['cuda_graph'] else 'no':>6}{r['seconds_per_batch']:>10.2f}"
                      f"{r['seconds_per_image']:>10.3f}{note}")
     return lines
 
@@ -363,7 +375,8 @@ def benchmark(args):
     torch.manual_seed(0)
     cfg = our_config(args.sizes[0], args)
     peer, our_params, peer_params = matched_peer(cfg)
-    kinds = ["ours"] + (["ours+compile"] if args.compile else []) + ["peer"]
+    compiled = [f"ours+compile{':' + mode if mode != 'trainer' else ''}" for mode in args.compile or []]
+    kinds = ["ours"] + compiled + ["peer"]
     training = [measure_training(kind, size, peer, device, args) for size in args.sizes for kind in kinds]
     return {"settings": vars(args),
             "hardware": hardware(device),
@@ -393,6 +406,15 @@ def sampler_list(text):
     return samplers
 
 
+def compile_modes(text):
+    """'default,reduce-overhead' -> ['default', 'reduce-overhead']; 'trainer' is `train --compile`'s choice."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    known = {"trainer", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
+    if not modes or set(modes) - known:
+        raise argparse.ArgumentTypeError(f"compile modes are some of {', '.join(sorted(known))}; got {text!r}")
+    return modes
+
+
 def float_list(text):
     """'1,3' -> [1.0, 3.0]: guidance scales, each at least 1 (1 = no guidance)."""
     try:
@@ -408,7 +430,8 @@ def apply_mode_defaults(args, device_type):
     """Step counts left unset get defaults by mode and device: a CPU step at 64 px takes seconds, a GPU step
     milliseconds, and --quick only has to prove the tool still runs."""
     quick, cpu = args.quick, device_type == "cpu"
-    defaults = {"batch_size": 8 if quick else ddpm.Config().batch_size,  # quick: the peer's step at 32 takes seconds
+    trainer_batch = ddpm.Config(**ddpm.device_defaults(device_type)).batch_size  # what `train` uses on this device
+    defaults = {"batch_size": 8 if quick else trainer_batch,  # quick: the peer's step at 32 takes seconds
                 "sizes": [32] if quick else [32, 64],
                 "warmup_steps": 1 if quick else (2 if cpu else 10),
                 "steps": 2 if quick else (5 if cpu else 50),
@@ -433,12 +456,14 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="tiny step counts, 32 px training, batch-1 sampling")
     p.add_argument("--out", help="JSON file (default: results/bench_<device>.json)")
     p.add_argument("--batch-size", type=ddpm.positive_int,
-                   help=f"training images per step, both models (default: the trainer's "
-                        f"{ddpm.Config().batch_size}; quick: 8)")
+                   help=f"training images per step, both models (default: the trainer's, {ddpm.Config().batch_size} "
+                        f"on a CPU and {ddpm.GPU_BATCH_SIZE} on CUDA; quick: 8)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 on CPU, as the trainer")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: on for CUDA")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile'd ours")
+    p.add_argument("--compile", nargs="?", const=["trainer"], type=compile_modes,
+                   help="also time torch.compile'd ours: as `train --compile` does, or with the given torch.compile "
+                        "modes, e.g. --compile default,reduce-overhead")
     p.add_argument("--sizes", type=ddpm.int_list, help="training image sizes (default: 32,64; quick: 32)")
     p.add_argument("--warmup-steps", type=ddpm.non_negative_int, help="untimed training steps first")
     p.add_argument("--steps", type=ddpm.positive_int, help="timed training steps (the median is reported)")

@@ -1,12 +1,14 @@
 """Rebuilds results/ (figures and metrics.json) from the shipped model and its training runs.
 
     python tools/make_results.py --run runs/ship --sweep runs/lr_1e-3 runs/lr_2e-4 runs/lr_5e-5 \
-        --experiments runs/drop03 runs/small --cpu-run runs/cpu_default --data-dir ../shared/data/animals
+        --experiments runs/full2500 runs/dropout3 runs/dropout3_wd --cpu-run runs/cpu_default \
+        --gpu-run runs/gpu_default --step-evals runs/ship_evals/*.json --data-dir ../shared/data/animals
 
 --run is the folder `rollNumber_05.py train` wrote for the shipped model (log.csv, run_info.json); the model
 itself is read from --model (default saved_models/ddpm_animals.pt). Each --sweep folder is a short run at another
 learning rate (log.csv, config.json, model.pt); each --experiments folder another configuration tried (model.pt);
---cpu-run the default configuration trained on a CPU (log.csv, run_info.json, samples/).
+--cpu-run and --gpu-run the default configuration trained on a CPU and on a GPU (log.csv, run_info.json,
+samples/); --step-evals the `evaluate` results of the shipped run's earlier checkpoints.
 Figures hold generated images only: the dataset's photos have an
 unknown licence and stay out of the repository.
 """
@@ -25,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 import rollNumber_05 as ddpm  # noqa: E402
 
 
-def timed_samples(model, schedule, cfg, noise, labels, sampler, steps=50, guidance=ddpm.DEFAULT_GUIDANCE, seed=0):
+def timed_samples(model, schedule, cfg, noise, labels, sampler, steps=50, guidance=ddpm.DEFAULT_GUIDANCE, seed=0,
+                  eta=0.0):
     start = time.time()
-    images = ddpm.generate_from_noise(model, schedule, noise, sampler, steps, labels=labels,
+    images = ddpm.generate_from_noise(model, schedule, noise, sampler, steps, eta, labels=labels,
                                       guidance=ddpm.guidance_for(cfg, guidance if cfg.conditional else None), seed=seed)
     return images, time.time() - start
 
@@ -85,21 +88,24 @@ def guidance_comparison(model, schedule, cfg, out, seed, scales=(1.0, 2.0, 3.0, 
 
 
 def memorisation_by_guidance(model, schedule, cfg, data_dir, seed, scales=(1.0, 1.5, 2.0, 3.0), num_samples=50):
-    """The memorisation rate of the evaluation's 50 DDIM-50 samples at each guidance scale: stronger guidance
-    pulls samples towards the training photos."""
+    """The evaluation's nearest-neighbour test on its 50 DDIM-50 samples at each guidance scale, and once more at
+    the default scale with DDIM's noise switched on (eta 1, stochastic like DDPM): how sampling changes copying."""
     images, _ = ddpm.training_images(data_dir, cfg)
-    rates = {}
-    for scale in scales:
-        samples, _ = timed_samples(model, schedule, cfg, ddpm.seeded_noise(num_samples, cfg.image_size, seed),
-                                   ddpm.class_labels(cfg, num_samples), "ddim", 50, scale, seed)
-        distances, _ = ddpm.nearest_training_images(samples, images)
-        rates[f"{scale:g}"] = ddpm.memorisation_rate(distances)
-    return rates
+    noise, labels = ddpm.seeded_noise(num_samples, cfg.image_size, seed), ddpm.class_labels(cfg, num_samples)
+    runs = [(f"{scale:g}", scale, 0.0) for scale in scales] + [(f"{ddpm.DEFAULT_GUIDANCE:g}, eta 1", ddpm.DEFAULT_GUIDANCE, 1.0)]
+    results = {}
+    for name, scale, eta in runs:
+        samples, _ = timed_samples(model, schedule, cfg, noise, labels, "ddim", 50, scale, seed, eta)
+        distances, indices = ddpm.nearest_training_images(samples, images)
+        results[name] = {"memorisation_rate": ddpm.memorisation_rate(distances),
+                         "nearest_distance_mean": float(distances[:, 0].mean()),
+                         "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
+    return results
 
 
-def cpu_training(run_dir, out, grids=4):
-    """cpu_training.png and numbers: the default configuration trained on this CPU, its fixed-seed sample grids
-    at evenly spaced epochs with the minutes they took, and its loss curve."""
+def default_run(run_dir, path, grids=4):
+    """A figure and numbers for the default configuration trained on one machine: its fixed-seed sample grids at
+    evenly spaced epochs with the time they took, and its loss curve."""
     plt = ddpm.pyplot()
     cfg = json.loads((run_dir / "config.json").read_text())
     info = json.loads((run_dir / "run_info.json").read_text())
@@ -107,24 +113,33 @@ def cpu_training(run_dir, out, grids=4):
     steps_per_epoch = rows[-1]["step"] / rows[-1]["epoch"]
     saved = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "samples").glob("epoch_*.png"))
     shown = [saved[math.ceil(len(saved) * (i + 1) / grids) - 1] for i in range(grids)]  # the last one included
-    minutes = {e: next(r["elapsed_s"] for r in rows if r["step"] >= e * steps_per_epoch) / 60 for e in shown}
+    seconds = {e: next(r["elapsed_s"] for r in rows if r["step"] >= e * steps_per_epoch) for e in shown}
+    in_minutes = info["train_seconds"] > 300
     fig, axes = plt.subplots(1, len(shown) + 1, figsize=(2.9 * (len(shown) + 1), 2.6))
     axes[0].plot([r["step"] for r in rows], [r["loss"] for r in rows], alpha=0.3)
     axes[0].plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows]))
     axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
     for ax, epoch in zip(axes[1:], shown):
         ax.imshow(Image.open(run_dir / "samples" / f"epoch_{epoch:05d}.png"))
-        ax.set_title(f"epoch {epoch}: {minutes[epoch]:.0f} min", fontsize=10)
+        took = f"{seconds[epoch] / 60:.0f} min" if in_minutes else f"{seconds[epoch]:.0f} s"
+        ax.set_title(f"step {epoch * steps_per_epoch:.0f}: {took}", fontsize=10)
         ax.axis("off")
     fig.suptitle(f"default configuration on {info['device']}: {cfg['image_size']} px, "
                  f"{info['parameters'] / 1e6:.1f} M parameters, batch {cfg['batch_size']}, lr {cfg['lr']:g}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "cpu_training.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return {**info, "image_size": cfg["image_size"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
-            "images_per_s": info["images_seen"] / info["train_seconds"],
+            "epochs": cfg["epochs"], "images_per_s": info["images_seen"] / info["train_seconds"],
             "final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]),
-            "grid_minutes": {str(e): round(m, 1) for e, m in minutes.items()}}
+            "grid_seconds": {str(int(e * steps_per_epoch)): round(s, 1) for e, s in seconds.items()}}
+
+
+def evaluations_by_step(paths):
+    """The `evaluate` results of snapshots of the shipped run (JSON files), keyed by step: how copying grows."""
+    keys = ("denoising_loss", "bpd", "nearest_distance_mean", "nearest_distance_min", "memorisation_rate")
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    return {str(r["step"]): {k: r[k] for k in keys} for r in sorted(results, key=lambda r: r["step"])}
 
 
 def reverse_and_forward(model, schedule, cfg, out, seed):
@@ -183,8 +198,10 @@ def experiments(model_path, shipped_result, experiment_dirs, data_dir, out, seed
                                                                        seed=seed)
         summary[name] = {"base_channels": cfg.base_channels, "channel_mults": cfg.channel_mults,
                          "dropout": cfg.dropout, "steps": result["step"], "parameters": ddpm.count_parameters(model),
+                         "weight_decay": cfg.weight_decay,
                          **{k: result[k] for k in ("denoising_loss", "bpd", "nearest_distance_mean",
-                                                   "nearest_distance_min", "memorisation_rate")}}
+                                                   "nearest_distance_min", "memorisation_rate",
+                                                   "nearest_photos_distinct")}}
         images, _ = timed_samples(model, schedule, cfg, ddpm.seeded_noise(2 * cfg.num_classes, cfg.image_size, seed),
                                   ddpm.class_labels(cfg, 2 * cfg.num_classes), "ddim", 50, seed=seed)
         rows.append(images)
@@ -201,6 +218,9 @@ def main():
     parser.add_argument("--experiments", type=Path, nargs="*", default=[],
                         help="run folders of other configurations tried (model.pt each)")
     parser.add_argument("--cpu-run", type=Path, help="run folder of the default configuration trained on a CPU")
+    parser.add_argument("--gpu-run", type=Path, help="run folder of the default configuration trained on a GPU")
+    parser.add_argument("--step-evals", type=Path, nargs="*", default=[],
+                        help="`evaluate` JSON files of earlier snapshots of the shipped run")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--seed", type=int, default=0)
@@ -232,7 +252,13 @@ def main():
             experiments=experiments(args.model, metrics["evaluation"], args.experiments, args.data_dir, args.out,
                                     args.seed))))
     if args.cpu_run:
-        steps.append(("cpu run", lambda: metrics.update(cpu_training=cpu_training(args.cpu_run, args.out))))
+        steps.append(("cpu run", lambda: metrics.update(
+            cpu_training=default_run(args.cpu_run, args.out / "cpu_training.png"))))
+    if args.gpu_run:
+        steps.append(("gpu run", lambda: metrics.update(
+            gpu_training=default_run(args.gpu_run, args.out / "gpu_training.png"))))
+    if args.step_evals:
+        metrics["evaluation_by_step"] = evaluations_by_step(args.step_evals)
     if args.sweep:
         steps.append(("lr sweep", lambda: metrics.update(lr_sweep=lr_sweep(args.sweep, args.out),
                                                          lr_sweep_eval_loss=sweep_eval_losses(args.sweep, args.data_dir))))
