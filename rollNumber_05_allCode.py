@@ -1048,9 +1048,7 @@ def train_on(cfg, out_dir, device, shard, resume, explicit):
                     checksums = weight_checksums(model, shard, device)
                     if is_main:
                         progress.close()
-                        export_model(cfg, ema, step, out_dir / "model.pt")  # samplable now, resumable later
-                        write_run_info(out_dir, cfg, device, model, step, time.time() - start, checksums)
-                        plot_loss_curve(read_log(out_dir / "log.csv"), out_dir / "loss_curve.png")
+                        write_run_outputs(out_dir, cfg, device, model, ema, step, time.time() - start, checksums)
                         print(f"stopped at step {step}; checkpoint and model.pt saved. Continue with: python "
                               f"{Path(sys.argv[0]).name} train --out-dir {out_dir} --resume", file=sys.stderr)
                     return out_dir
@@ -1064,13 +1062,18 @@ def train_on(cfg, out_dir, device, shard, resume, explicit):
     return out_dir
 
 
-def finish_run(out_dir, cfg, device, model, ema, schedule, step, seconds, checksums):
-    """The files a finished run leaves besides its checkpoints: model.pt, run_info.json, the final sample grid
-    and loss_curve.png."""
+def write_run_outputs(out_dir, cfg, device, model, ema, step, seconds, checksums):
+    """What any run that ends leaves besides its checkpoints, stopped or finished: model.pt (samplable now,
+    resumable later), run_info.json and loss_curve.png."""
     export_model(cfg, ema, step, out_dir / "model.pt")
     write_run_info(out_dir, cfg, device, model, step, seconds, checksums)
-    write_sample_grid(ema.model, schedule, cfg, out_dir / "samples" / "final.png")
     plot_loss_curve(read_log(out_dir / "log.csv"), out_dir / "loss_curve.png")
+
+
+def finish_run(out_dir, cfg, device, model, ema, schedule, step, seconds, checksums):
+    """A finished run's files: those of write_run_outputs, and the final sample grid."""
+    write_run_outputs(out_dir, cfg, device, model, ema, step, seconds, checksums)
+    write_sample_grid(ema.model, schedule, cfg, out_dir / "samples" / "final.png")
     print(f"done: {step} steps in {format_seconds(seconds)}; model {out_dir / 'model.pt'}", file=sys.stderr)
 
 
