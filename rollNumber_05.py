@@ -1434,6 +1434,15 @@ def memorisation_rate(distances):
     return float((distances[:, 0] < distances[:, 1] / 3).float().mean())
 
 
+def nearest_neighbour_summary(distances, indices):
+    """The numbers of the nearest-neighbour test, from nearest_training_images' distances and indices."""
+    return {"nearest_distance_mean": float(distances[:, 0].mean()),
+            "nearest_distance_min": float(distances[:, 0].min()),
+            "memorisation_rate": memorisation_rate(distances),
+            # fewer distinct nearest photos than samples: several noises end at the same photo (mode collapse)
+            "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
+
+
 def plot_nearest_neighbours(samples, distances, path, train_images=None, indices=None):
     """Samples with their nearest-neighbour distances; with train_images, the nearest photo beside each.
     (Keep figures that show dataset photos out of the repository: their licence is unknown.)"""
@@ -1482,11 +1491,7 @@ def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, samp
               "classes": cfg.classes, "train_images": len(images),
               "denoising_loss": loss, "denoising_loss_per_t": loss_per_t, **vlb,
               "samples": num_samples, "sampler": sampler, "steps": steps, "guidance": guidance,
-              "nearest_distance_mean": float(distances[:, 0].mean()),
-              "nearest_distance_min": float(distances[:, 0].min()),
-              "memorisation_rate": memorisation_rate(distances),
-              # fewer distinct nearest photos than samples: several noises end at the same photo (mode collapse)
-              "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
+              **nearest_neighbour_summary(distances, indices)}
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))

@@ -96,10 +96,9 @@ def memorisation_by_guidance(model, schedule, cfg, data_dir, seed, scales=(1.0, 
     results = {}
     for name, scale, eta in runs:
         samples, _ = timed_samples(model, schedule, cfg, noise, labels, "ddim", 50, scale, seed, eta)
-        distances, indices = ddpm.nearest_training_images(samples, images)
-        results[name] = {"memorisation_rate": ddpm.memorisation_rate(distances),
-                         "nearest_distance_mean": float(distances[:, 0].mean()),
-                         "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
+        summary = ddpm.nearest_neighbour_summary(*ddpm.nearest_training_images(samples, images))
+        results[name] = {k: summary[k] for k in ("memorisation_rate", "nearest_distance_mean",
+                                                 "nearest_photos_distinct")}
     return results
 
 
