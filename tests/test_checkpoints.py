@@ -152,3 +152,19 @@ def test_interrupted_save_leaves_no_temp_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["ckpt.pt"]
     assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def test_the_shipped_model_loads():
+    model, schedule, cfg = ddpm.load_model(ddpm.DEFAULT_CHECKPOINT)
+    assert cfg.classes == ["Dolphin", "Giraffe", "Panda", "Tiger", "Zebra"] and schedule.timesteps == 1000
+    assert model(torch.zeros(1, 3, cfg.image_size, cfg.image_size), torch.tensor([999]), torch.tensor([0])).shape == \
+        (1, 3, cfg.image_size, cfg.image_size)
+
+
+def test_a_v_prediction_checkpoint_of_an_earlier_version_is_refused_in_one_line(tmp_path, tiny_config):
+    cfg = tiny_config()
+    path = tmp_path / "old.pt"
+    torch.save({"config": {**ddpm.dataclasses.asdict(cfg), "prediction": "v"}, "class_names": [], "step": 0,
+                "ema": ddpm.UNet(cfg).state_dict()}, path)
+    with pytest.raises(ddpm.UserError, match="earlier version of this script that predicted v"):
+        ddpm.load_model(path)

@@ -24,7 +24,7 @@ COMMANDS = {
     "forward": ["forward", "--data-dir", "{data}", "--class-name", "Owl", "--image-size", "16", "--out",
                 "{tmp}/forward.png"],
     "evaluate": ["evaluate", "--checkpoint", "{model}", "--data-dir", "{data}", "--num-samples", "4",
-                 "--vlb-points", "5", "--steps", "5", "--device", "cpu", "--out-json", "{tmp}/metrics.json"],
+                 "--steps", "5", "--device", "cpu", "--out-json", "{tmp}/metrics.json"],
     # a mistake, end to end: exit status and stderr of the real process
     "missing_checkpoint": ["sample", "--checkpoint", "{tmp}/nowhere.pt", "--device", "cpu"],
 }
@@ -174,12 +174,12 @@ def test_evaluate_writes_metrics_json(cli):
     results, tmp = cli
     out, _ = ok(results["evaluate"])
     metrics = json.loads((tmp / "metrics.json").read_text())
-    assert {"denoising_loss", "bpd", "memorisation_rate"} <= metrics.keys()
-    assert metrics["denoising_loss"] > 0 and metrics["bpd"] > 0
+    assert {"denoising_loss", "denoising_loss_per_t", "memorisation_rate"} <= metrics.keys()
+    assert metrics["denoising_loss"] > 0
     assert 0 <= metrics["memorisation_rate"] <= 1
     assert 1 <= metrics["nearest_photos_distinct"] <= metrics["samples"]
     assert metrics["samples"] == 4 and metrics["train_images"] == 12
-    assert json.loads(out)["bpd"] == metrics["bpd"]  # stdout carries the same numbers
+    assert json.loads(out)["denoising_loss"] == metrics["denoising_loss"]  # stdout carries the same numbers
 
 
 # --- help ---------------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_failed_sample_writes_no_image(places, capsys):
 
 def test_evaluate_refuses_guidance_on_unconditional_model(places, capsys):
     args = ["evaluate", "--checkpoint", "{unconditional}", "--data-dir", "{data}", "--guidance", "2",
-            "--num-samples", "2", "--vlb-points", "2", "--steps", "2", "--device", "cpu", "--out-json",
+            "--num-samples", "2", "--steps", "2", "--device", "cpu", "--out-json",
             "{tmp}/never.json"]
     code, _, err = run_main(fill(args, places, "evaluate_guidance"), capsys)
     assert_one_line_error(code, err, "--guidance needs a class-conditional model")

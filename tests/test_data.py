@@ -209,40 +209,40 @@ def test_horizontal_flip_is_applied_to_items_when_asked(tiny_data):
     assert seen == {True, False}
 
 
-# --- epoch order ---------------------------------------------------------------------------------------------
+# --- batch order ---------------------------------------------------------------------------------------------
 
-def test_epoch_order_is_a_permutation_of_all_images():
-    order = ddpm.epoch_order(12, 4, epoch=0, seed=0)
-    assert order.shape == (3, 4)
-    assert sorted(order.flatten().tolist()) == list(range(12))
-
-
-def test_epoch_order_covers_every_image_when_batches_do_not_divide_the_set():
-    order = ddpm.epoch_order(10, 4, epoch=3, seed=1)
-    assert order.shape == (3, 4)
-    assert set(order.flatten().tolist()) == set(range(10))
+def test_each_pass_shows_every_photo_once():
+    steps = [ddpm.batch_indices(12, 4, step, seed=0) for step in range(9)]  # 3 passes of 3 steps
+    for first in (0, 3, 6):
+        assert sorted(torch.cat(steps[first:first + 3]).tolist()) == list(range(12))
 
 
-def test_epoch_order_depends_only_on_epoch_and_seed():
-    assert torch.equal(ddpm.epoch_order(12, 4, 5, 0), ddpm.epoch_order(12, 4, 5, 0))
-    assert not torch.equal(ddpm.epoch_order(12, 4, 5, 0), ddpm.epoch_order(12, 4, 6, 0))
-    assert not torch.equal(ddpm.epoch_order(12, 4, 5, 0), ddpm.epoch_order(12, 4, 5, 1))
+def test_a_batch_may_run_into_the_next_pass():
+    stream = torch.cat([ddpm.batch_indices(10, 4, step, seed=1) for step in range(5)])  # 20 images: 2 passes
+    assert sorted(stream[:10].tolist()) == sorted(stream[10:].tolist()) == list(range(10))
 
 
-def test_epoch_order_is_unaffected_by_the_global_random_state():
+def test_a_batch_larger_than_the_set_repeats_photos():
+    batch = ddpm.batch_indices(5, 12, step=0, seed=0)
+    assert len(batch) == 12 and sorted(set(batch.tolist())) == list(range(5))
+    assert sorted(batch[:10].tolist()) == sorted(list(range(5)) * 2)  # two whole passes, then a third begins
+
+
+def test_batch_order_depends_only_on_step_and_seed():
     torch.manual_seed(1)
-    a = ddpm.epoch_order(12, 4, 2, 0)
+    a = ddpm.batch_indices(12, 4, 5, 0)
     torch.manual_seed(2)
     torch.rand(100)
-    assert torch.equal(a, ddpm.epoch_order(12, 4, 2, 0))
+    assert torch.equal(a, ddpm.batch_indices(12, 4, 5, 0))
+    assert not torch.equal(a, ddpm.batch_indices(12, 4, 5, 1))
+    assert not torch.equal(a, ddpm.batch_indices(12, 4, 4, 0))
 
 
-def test_epoch_order_gives_two_ranks_disjoint_shards_covering_the_set():
-    rank0 = ddpm.epoch_order(12, 3, epoch=1, seed=0, shard=ddpm.Shard(0, 2))
-    rank1 = ddpm.epoch_order(12, 3, epoch=1, seed=0, shard=ddpm.Shard(1, 2))
-    assert rank0.shape == rank1.shape == (2, 3)
-    assert not set(rank0.flatten().tolist()) & set(rank1.flatten().tolist())
-    assert sorted(rank0.flatten().tolist() + rank1.flatten().tolist()) == list(range(12))
+def test_two_processes_take_disjoint_halves_of_the_global_batch():
+    global_batch = ddpm.batch_indices(12, 6, step=1, seed=0)
+    rank0, rank1 = global_batch.view(2, -1)
+    assert not set(rank0.tolist()) & set(rank1.tolist())
+    assert sorted(rank0.tolist() + rank1.tolist()) == sorted(global_batch.tolist())
 
 
 # --- the real photo set (skipped where it is absent) ---------------------------------------------------------

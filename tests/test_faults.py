@@ -297,14 +297,14 @@ def run_of_nans(tmp_path_factory, tiny_data):
 def test_too_many_non_finite_losses_in_a_row_stop_the_run_with_a_user_error(run_of_nans):
     error, weights, out_dir, _ = run_of_nans
     assert len(weights) == 7  # 4 good steps and 3 bad ones, then no more
-    assert str(error) == (f"3 non-finite losses in a row at step 6; saved the last good state in "
+    assert str(error) == (f"3 non-finite losses in a row at step 7; saved the last good state in "
                           f"{out_dir / 'checkpoints'}; lower --lr")
 
 
 def test_run_stopped_by_non_finite_losses_saves_the_last_good_weights(run_of_nans):
     _, weights, out_dir, cfg = run_of_nans
-    assert checkpoint_names(out_dir) == ["step_00000006.pt"]
-    saved = ddpm.load_checkpoint(out_dir / "checkpoints" / "step_00000006.pt")
+    assert checkpoint_names(out_dir) == ["step_00000007.pt"]  # 7 steps taken, the last 3 skipped
+    saved = ddpm.load_checkpoint(out_dir / "checkpoints" / "step_00000007.pt")
     assert saved["bad_steps"] == 3
     assert torch.equal(flat_weights(saved["model"], cfg), weights[4])  # as after the 4th, last good, step
 
@@ -316,10 +316,10 @@ SAVE_EVERY_ERROR = "is not a positive step count (500) or minutes (5m)"
 
 BAD_VALUES = {
     "epochs_negative": ([*TRAIN, "--epochs", "-3"], "argument --epochs: must be a positive whole number, got -3"),
-    "epochs_not_a_number": ([*TRAIN, "--epochs", "abc"], "argument --epochs: invalid positive_int value: 'abc'"),
+    "epochs_not_a_number": ([*TRAIN, "--epochs", "abc"], "argument --epochs: must be a positive whole number, got abc"),
     "batch_size_zero": ([*TRAIN, "--batch-size", "0"], "argument --batch-size: must be a positive whole number, got 0"),
     "lr_nan": ([*TRAIN, "--lr", "nan"], "argument --lr: must be a positive number, got nan"),
-    "channel_mults_zero": ([*TRAIN, "--channel-mults", "1,0"], "must be positive whole numbers, got '1,0'"),
+    "channel_mults_zero": ([*TRAIN, "--channel-mults", "1,0"], "must be comma-separated positive whole numbers, got 1,0"),
     "image_size_below_8": ([*TRAIN, "--image-size", "4"],
                            "--image-size 4 does not fit this U-Net: it must be at least 8 and a multiple of 2"),
     "image_size_not_divisible_by_a_deeper_unet": (

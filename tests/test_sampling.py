@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 import rollNumber_05 as ddpm
 from conftest import perturb_weights
@@ -119,14 +120,14 @@ def test_guidance_one_sampling_equals_conditional_sampling(model, schedule):
             t = torch.full((2,), t_now)
             c = model(x, t, labels)
             u = model(x, t, torch.full((2,), model.null_class))
-            eps, x0 = schedule.eps_and_x0(u + (c - u), x, t, "eps")
+            eps, x0 = schedule.eps_and_x0(u + (c - u), x, t)
             x = ddpm.ddim_step(schedule, x, t_now, ts[i + 1] if i + 1 < len(ts) else -1, eps, x0, 0.0, None)
     assert torch.allclose(plain, x.clamp(-1, 1), atol=1e-4)
 
 
 class OracleDenoiser(nn.Module):
     """The best possible noise predictor for a data set of one image: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
-    prediction, null_class = "eps", None
+    null_class = None
 
     def __init__(self, schedule, x0):
         super().__init__()
@@ -143,3 +144,54 @@ def test_sampler_with_oracle_denoiser_returns_the_only_training_image(schedule, 
     oracle = OracleDenoiser(schedule, x0)
     x = ddpm.generate_from_noise(oracle, schedule, ddpm.seeded_noise(3, 8, 1), sampler, steps=10, seed=0)
     assert torch.allclose(x, x0.expand(3, -1, -1, -1), atol=1e-4)
+
+
+# --- many samples: chunks, one file each, output checked first ---------------------------------------------
+
+CFG = ddpm.Config(image_size=16, timesteps=T, patch_size=1, base_channels=8, channel_mults=[1, 2],
+                  attention_resolutions=[8], num_classes=3, conditional=True, classes=["Crow", "Fox", "Owl"])
+
+
+def counting_sampler(monkeypatch):
+    """Records the batch size of every generate_from_noise call, and still samples."""
+    sizes, real = [], ddpm.generate_from_noise
+    monkeypatch.setattr(ddpm, "generate_from_noise", lambda model, schedule, x_T, *a, **k: sizes.append(len(x_T))
+                        or real(model, schedule, x_T, *a, **k))
+    return sizes
+
+
+def test_many_samples_are_denoised_a_chunk_at_a_time(model, schedule, monkeypatch, tmp_path):
+    sizes = counting_sampler(monkeypatch)
+    ddpm.write_samples(model, schedule, CFG, tmp_path / "grid.png", tmp_path / "each", num_samples=10, steps=2,
+                       batch_size=4)
+    assert sizes == [4, 4, 2]
+    assert Image.open(tmp_path / "grid.png").size == (3 * 18 + 2, 4 * 18 + 2)  # a column per class, 10 images
+
+
+def test_out_dir_gets_one_png_per_sample_named_by_class_and_index(model, schedule, tmp_path):
+    ddpm.write_samples(model, schedule, CFG, None, tmp_path / "each", num_samples=5, steps=2, batch_size=2)
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == [
+        "Crow_00000.png", "Crow_00003.png", "Fox_00001.png", "Fox_00004.png", "Owl_00002.png"]
+    assert Image.open(tmp_path / "each" / "Fox_00004.png").size == (16, 16)
+
+
+def test_the_first_chunk_is_what_one_call_with_the_seed_gives(model, schedule, tmp_path):
+    ddpm.write_samples(model, schedule, CFG, None, tmp_path / "chunked", num_samples=6, steps=2, seed=3, batch_size=4)
+    ddpm.write_samples(model, schedule, CFG, None, tmp_path / "whole", num_samples=4, steps=2, seed=3, batch_size=64)
+    for name in ("Crow_00000.png", "Owl_00002.png", "Crow_00003.png"):
+        assert Image.open(tmp_path / "chunked" / name).tobytes() == Image.open(tmp_path / "whole" / name).tobytes()
+
+
+@pytest.mark.parametrize("flag, place", [("--out", "/proc/x.png"), ("--out-dir", "/proc/x"),
+                                         ("--trajectory", "/proc/steps.png"), ("--out", "{tmp}/grid.jpg")])
+def test_an_output_that_cannot_be_written_fails_in_one_line_before_sampling(flag, place, monkeypatch, tmp_path,
+                                                                            capsys):
+    sizes = counting_sampler(monkeypatch)
+    path = tmp_path / "model.pt"
+    torch.save({"config": ddpm.dataclasses.asdict(CFG), "class_names": CFG.classes, "step": 0,
+                "ema": ddpm.UNet(CFG).state_dict()}, path)
+    code = ddpm.main(["sample", "--checkpoint", str(path), "--device", "cpu", "--out", str(tmp_path / "ok.png"),
+                      flag, place.format(tmp=tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and flag in err, err
+    assert sizes == []  # refused before any sampling

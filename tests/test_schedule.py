@@ -132,8 +132,3 @@ def test_predict_x0_inverts_q_sample(linear):
 def test_predict_eps_inverts_q_sample(linear):
     t, x0, noise, x_t = noised_batch(linear, 1)
     assert torch.allclose(linear.predict_eps(x_t, t, x0), noise, atol=1e-3)
-
-
-def test_v_prediction_output_recovers_x0(linear):
-    t, x0, noise, x_t = noised_batch(linear, 2)
-    assert torch.allclose(linear.x0_from_output(linear.velocity(x0, t, noise), x_t, t, "v"), x0, atol=1e-5)

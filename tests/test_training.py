@@ -1,4 +1,5 @@
 """Training: the loss goes down, the run folder is complete, and a killed run resumes exactly."""
+import json
 import shutil
 import signal
 
@@ -117,3 +118,29 @@ def test_resume_on_data_without_the_checkpoints_classes_is_refused(run_copy, mak
 def test_resume_without_checkpoints_is_a_user_error(tiny_config, tmp_path):
     with pytest.raises(ddpm.UserError, match="--resume: no checkpoint in"):
         ddpm.train(tiny_config(), tmp_path / "empty", device="cpu", resume=True)
+
+
+# --- epochs are passes over the photos ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("epochs, batch, steps", [(2, 5, 5), (4, 16, 3)])  # ceil(2 x 12 / 5), ceil(4 x 12 / 16)
+def test_epochs_are_passes_over_the_photos(tiny_data, tmp_path, monkeypatch, epochs, batch, steps):
+    monkeypatch.setattr(ddpm, "write_samples", lambda *args, **kwargs: None)
+    cfg = ddpm.Config(**tiny_config_values(data_dir=str(tiny_data), epochs=epochs, batch_size=batch))
+    ddpm.train(cfg, tmp_path / "run", device="cpu")
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert (info["steps"], info["images_seen"]) == (steps, steps * batch)
+    assert info["passes"] == pytest.approx(steps * batch / 12) and info["passes"] >= epochs
+    last = ddpm.read_log(tmp_path / "run" / "log.csv")[-1]
+    assert (last["step"], last["images_seen"]) == (steps, steps * batch)
+
+
+def test_ema_update_is_the_weighted_average_of_the_formula():
+    model = torch.nn.Linear(3, 2)
+    ema = ddpm.EMA(model, decay=0.9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in ema.model.parameters()]
+    ema.update(model, step=1000)  # past the warm-up: the decay is 0.9
+    for averaged, old, current in zip(ema.model.parameters(), before, model.parameters()):
+        assert torch.allclose(averaged, 0.9 * old + 0.1 * current)

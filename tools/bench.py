@@ -12,8 +12,9 @@ and peak memory (CUDA: max allocated; CPU: growth of the peak RSS, approximate).
 
 Sampling: rollNumber_05.generate_from_noise at 64 px, batch 1 and 16: DDPM over all T steps and DDIM at 50
 and 25 steps, without guidance (one network pass per step) and with the classifier-free guidance the `sample`
-command uses (two passes, batched). On CUDA each is timed with the sampler's CUDA graph off and on. Reported:
-the median of the timed runs and the fastest one (on a shared machine, the run least slowed by other jobs).
+command uses (two passes, batched). On CUDA each is timed eager and compiled as `sample --compile` compiles it
+(CUDA graphs). Reported: the median of the timed runs and the fastest one (on a shared machine, the run least
+slowed by other jobs).
 
 diffusers is a benchmark-only dependency (requirements-dev.txt); rollNumber_05.py never imports it.
 """
@@ -53,7 +54,7 @@ PEER_HEAD_CHANNELS = 32  # as ours, so both run attention with the same number o
 def our_config(image_size, args):
     """The shipped model: Config defaults, class-conditional, with this run's batch and precision settings."""
     return ddpm.Config(conditional=True, image_size=image_size, batch_size=args.batch_size,
-                       precision=args.precision, channels_last=args.channels_last)
+                       precision=args.precision)
 
 
 def peer_settings(block_channels, layers_per_block, cfg):
@@ -96,7 +97,7 @@ def matched_peer(cfg):
 
 def build(kind, cfg, peer, device):
     model = ddpm.UNet(cfg) if kind == "ours" else PeerUNet({**peer, "sample_size": cfg.image_size})
-    memory_format = torch.channels_last if ddpm.use_channels_last(cfg, device) else torch.contiguous_format
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # as train() does
     return model.to(device, memory_format=memory_format), memory_format
 
 
@@ -166,22 +167,34 @@ def timed_runs(run, warmup, repeats, device):
 # Training throughput
 # ---------------------------------------------------------------------------------------------
 
-def bench_step(model, forward_model, ema, optimizer, schedule, images, labels, cfg, step, bf16, memory_format):
-    """One step of rollNumber_05.train's loop (its own train_step), minus logging and checkpoints."""
-    batch = torch.randint(len(images), (cfg.batch_size,), device=images.device)
-    x0 = ddpm.batch_to_model_input(images[batch], cfg.flip).contiguous(memory_format=memory_format)
-    ddpm.train_step(model, forward_model, ema, optimizer, schedule, x0, labels[batch] if cfg.conditional else None,
-                    cfg, bf16, step)
+def bench_trainer(model, forward_model, cfg, device):
+    """A rollNumber_05.Trainer around `model` (ours or the peer), with the optimiser, EMA, precision and loss
+    scaling that train() gives its own; the learning rate stays at its peak."""
+    amp_dtype = ddpm.autocast_dtype(cfg.precision, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")  # as train(): one kernel for the update on CUDA
+    return ddpm.Trainer(cfg, model, forward_model, ddpm.EMA(model, cfg.ema_decay), optimizer,
+                        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                        ddpm.NoiseSchedule(cfg.timesteps, cfg.schedule, device), amp_dtype, total_steps=0)
 
 
-def flops_per_image(model, schedule, cfg, bf16, memory_format, device, batch=2):
+def bench_step(trainer, images, labels, step, memory_format):
+    """One step of rollNumber_05.train's loop (its own train_step) on images already on the device, minus data
+    loading, logging and checkpoints."""
+    batch = torch.randint(len(images), (trainer.cfg.batch_size,), device=images.device)
+    x0 = ddpm.to_model_range(images[batch]).contiguous(memory_format=memory_format)
+    ddpm.train_step(trainer, x0, labels[batch] if trainer.cfg.conditional else None, step)
+
+
+def flops_per_image(model, schedule, cfg, amp_dtype, memory_format, device, batch=2):
     """FLOPs of one training forward + backward per image, counted (not timed) on a small batch: matmuls,
     convolutions and attention scale linearly with the batch, elementwise work is not counted."""
     x0 = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device).contiguous(memory_format=memory_format)
     labels = torch.arange(batch, device=device) % cfg.num_classes
     counter = FlopCounterMode(display=False)
     with counter:
-        with ddpm.autocast(device, bf16):
+        with ddpm.autocast(device, amp_dtype):
             losses, _ = ddpm.training_loss(model, schedule, x0, labels, cfg)
         losses.mean().backward()
     model.zero_grad(set_to_none=True)
@@ -203,23 +216,18 @@ def measure_training(kind, image_size, peer, device, args):
     release_memory(device)
     floor = memory_in_use(device)
     model, memory_format = build(kind.split("+")[0], cfg, peer, device)
-    bf16 = ddpm.use_bf16(cfg, device)
-    schedule = ddpm.NoiseSchedule(cfg.timesteps, cfg.schedule, device)
-    flops = flops_per_image(model, schedule, cfg, bf16, memory_format, device)
-    ema = ddpm.EMA(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")  # as train(): one kernel for the update on CUDA
-    forward_model = compile_as(kind, model, device)
+    trainer = bench_trainer(model, compile_as(kind, model, device), cfg, device)
+    flops = flops_per_image(model, trainer.schedule, cfg, trainer.amp_dtype, memory_format, device)
     # a stand-in for the photo set: 100 uint8 images on the device, as train() keeps them
     images = torch.randint(0, 256, (100, 3, image_size, image_size), dtype=torch.uint8, device=device)
     labels = torch.arange(100, device=device) % cfg.num_classes
     peak_reset = reset_peak_memory(device)
-    seconds = timed_runs(lambda step: bench_step(model, forward_model, ema, optimizer, schedule, images, labels,
-                                                 cfg, step, bf16, memory_format),
+    seconds = timed_runs(lambda step: bench_step(trainer, images, labels, step, memory_format),
                          args.warmup_steps, args.steps, device)
     step_seconds = statistics.median(seconds)  # the median shrugs off steps slowed by other jobs on the machine
     images_per_s = cfg.batch_size / step_seconds
-    return {"model": kind, "image_size": image_size, "batch_size": cfg.batch_size, "bf16": bf16,
+    return {"model": kind, "image_size": image_size, "batch_size": cfg.batch_size,
+            "bf16": trainer.amp_dtype == torch.bfloat16,
             "channels_last": memory_format == torch.channels_last,
             "parameters": ddpm.count_parameters(model), "images_per_s": images_per_s,
             "step_seconds_median": step_seconds, "step_seconds": seconds,
@@ -243,7 +251,7 @@ def sampling_model(checkpoint, device, args):
 
 
 def time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, guidance, cuda_graph, device, args):
-    """Seconds for one batch. DDPM is timed over `timed_ddpm_steps` steps (a schedule of that length: every
+    """Seconds for one batch (cuda_graph: `model` is compiled as `sample --compile` does, CUDA graphs on a GPU). DDPM is timed over `timed_ddpm_steps` steps (a schedule of that length: every
     step costs the same) and scaled to T."""
     noise = ddpm.seeded_noise(batch, cfg.image_size, seed=0)
     labels = ddpm.class_labels(cfg, batch)
@@ -254,8 +262,7 @@ def time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, 
         run_schedule, scale = schedule, 1.0
 
     def run(_):
-        ddpm.generate_from_noise(model, run_schedule, noise, sampler, steps, labels=labels, guidance=guidance,
-                                 cuda_graph=cuda_graph)
+        ddpm.generate_from_noise(model, run_schedule, noise, sampler, steps, labels=labels, guidance=guidance)
     runs = [seconds * scale for seconds in timed_runs(run, 0, args.sampling_repeats, device)]
     seconds = statistics.median(runs)
     return {"sampler": sampler, "steps": schedule.timesteps if sampler == "ddpm" else steps, "batch": batch,
@@ -274,10 +281,11 @@ def measure_sampling(device, args):
                              labels=ddpm.class_labels(cfg, batch),
                              guidance=max(scales))  # warm-up: allocator, cuDNN algorithm choice
     timed_ddpm_steps = min(args.ddpm_steps or schedule.timesteps, schedule.timesteps)
-    graph_modes = [False, True] if device.type == "cuda" else [False]  # the sampler's CUDA graph off and on
-    return [time_sampler(model, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, guidance, graph, device, args)
+    # on CUDA also `sample --compile`: torch.compile's CUDA graphs replay each network call
+    variants = [(False, model)] + ([(True, ddpm.compile_model(model, device))] if device.type == "cuda" else [])
+    return [time_sampler(variant, schedule, cfg, sampler, steps, batch, timed_ddpm_steps, guidance, graph, device, args)
             for guidance in scales for batch in args.sample_batches for sampler, steps in args.samplers
-            for graph in graph_modes]
+            for graph, variant in variants]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,9 +472,8 @@ def build_parser():
     p.add_argument("--batch-size", type=ddpm.positive_int,
                    help=f"training images per step, both models (default: the trainer's, {ddpm.Config().batch_size} "
                         f"on a CPU and {ddpm.GPU_BATCH_SIZE} on CUDA; quick: 8)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU, as the trainer")
-    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: on for CUDA")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: as the trainer (bf16 or fp16 autocast on CUDA by the card, fp32 elsewhere)")
     p.add_argument("--compile", nargs="?", const=["trainer"], type=compile_modes,
                    help="also time torch.compile'd ours: as `train --compile` does, or with the given torch.compile "
                         "modes, e.g. --compile default,reduce-overhead")

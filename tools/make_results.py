@@ -25,6 +25,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import rollNumber_05 as ddpm  # noqa: E402
+from bits_per_dim import variational_bound_bpd  # noqa: E402
 
 
 def timed_samples(model, schedule, cfg, noise, labels, sampler, steps=50, guidance=ddpm.DEFAULT_GUIDANCE, seed=0,
@@ -104,24 +105,23 @@ def memorisation_by_guidance(model, schedule, cfg, data_dir, seed, scales=(1.0, 
 
 def default_run(run_dir, path, grids=4):
     """A figure and numbers for the default configuration trained on one machine: its fixed-seed sample grids at
-    evenly spaced epochs with the time they took, and its loss curve."""
+    evenly spaced steps with the time they took, and its loss curve."""
     plt = ddpm.pyplot()
     cfg = json.loads((run_dir / "config.json").read_text())
     info = json.loads((run_dir / "run_info.json").read_text())
     rows = ddpm.read_log(run_dir / "log.csv")
-    steps_per_epoch = rows[-1]["step"] / rows[-1]["epoch"]
-    saved = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "samples").glob("epoch_*.png"))
+    saved = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "samples").glob("step_*.png"))
     shown = [saved[math.ceil(len(saved) * (i + 1) / grids) - 1] for i in range(grids)]  # the last one included
-    seconds = {e: next(r["elapsed_s"] for r in rows if r["step"] >= e * steps_per_epoch) for e in shown}
+    seconds = {step: next(r["elapsed_s"] for r in rows if r["step"] >= step) for step in shown}
     in_minutes = info["train_seconds"] > 300
     fig, axes = plt.subplots(1, len(shown) + 1, figsize=(2.9 * (len(shown) + 1), 2.6))
     axes[0].plot([r["step"] for r in rows], [r["loss"] for r in rows], alpha=0.3)
     axes[0].plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows]))
     axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
-    for ax, epoch in zip(axes[1:], shown):
-        ax.imshow(Image.open(run_dir / "samples" / f"epoch_{epoch:05d}.png"))
-        took = f"{seconds[epoch] / 60:.0f} min" if in_minutes else f"{seconds[epoch]:.0f} s"
-        ax.set_title(f"step {epoch * steps_per_epoch:.0f}: {took}", fontsize=10)
+    for ax, step in zip(axes[1:], shown):
+        ax.imshow(Image.open(run_dir / "samples" / f"step_{step:08d}.png"))
+        took = f"{seconds[step] / 60:.0f} min" if in_minutes else f"{seconds[step]:.0f} s"
+        ax.set_title(f"step {step}: {took}", fontsize=10)
         ax.axis("off")
     fig.suptitle(f"default configuration on {info['device']}: {cfg['image_size']} px, "
                  f"{info['parameters'] / 1e6:.1f} M parameters, batch {cfg['batch_size']}, lr {cfg['lr']:g}", fontsize=9)
@@ -131,7 +131,49 @@ def default_run(run_dir, path, grids=4):
     return {**info, "image_size": cfg["image_size"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
             "epochs": cfg["epochs"], "images_per_s": info["images_seen"] / info["train_seconds"],
             "final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]),
-            "grid_seconds": {str(int(e * steps_per_epoch)): round(s, 1) for e, s in seconds.items()}}
+            "grid_seconds": {str(step): round(s, 1) for step, s in seconds.items()}}
+
+
+def plot_nearest_neighbours(samples, distances, path, train_images=None, indices=None):
+    """Samples with their nearest-neighbour distances; with train_images, the nearest photo beside each.
+    (Keep figures that show dataset photos out of the repository: their licence is unknown.)"""
+    plt = ddpm.pyplot()
+    n = min(8, len(samples))
+    cols = 2 if train_images is not None else 1
+    fig, axes = plt.subplots(cols, n + 1, figsize=(1.6 * (n + 1), 1.9 * cols), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(ddpm.to_display(samples[i]))
+        axes[0, i].set_title(f"d1={distances[i, 0]:.2f}\nd2={distances[i, 1]:.2f}", fontsize=8)
+        if train_images is not None:
+            axes[1, i].imshow(ddpm.to_display(train_images[indices[i, 0]]))
+    ratio = (distances[:, 0] / distances[:, 1]).numpy()
+    for ax in axes.flat:
+        ax.axis("off")
+    hist = fig.add_subplot(1, n + 1, n + 1)
+    hist.hist(ratio, bins=20, range=(0, 1))
+    hist.axvline(1 / 3, color="red", linestyle="--")
+    hist.set_title("d1 / d2 (red: 1/3)", fontsize=8)
+    hist.tick_params(labelsize=7)
+    ddpm.save_figure(fig, path)
+
+def training_images(data_dir, cfg):
+    """The photos a model was trained on, unflipped, in [-1, 1], and their labels (None for an unconditional model)."""
+    data = AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, flip=False)
+
+
+def full_evaluation(path, data_dir, seed=0, figure=None):
+    """rollNumber_05's `evaluate` (50 guided DDIM samples), plus the variational bound in bits/dim and, with
+    `figure`, the samples beside their nearest-neighbour distances."""
+    result = ddpm.evaluate(path, data_dir, None, "cpu", num_samples=50, seed=seed)
+    model, schedule, cfg = ddpm.load_model(path)
+    images, labels = ddpm.training_images(data_dir, cfg)
+    result.update(variational_bound_bpd(model, schedule, images, labels, seed=seed))
+    if figure:
+        samples = ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(50, cfg.image_size, seed), "ddim", 50,
+                                           labels=ddpm.class_labels(cfg, 50), guidance=result["guidance"], seed=seed)
+        distances, _ = ddpm.nearest_training_images(samples, images)
+        plot_nearest_neighbours(samples, distances, figure)
+    return result
 
 
 def evaluations_by_step(paths):
@@ -193,8 +235,7 @@ def experiments(model_path, shipped_result, experiment_dirs, data_dir, out, seed
     rows, names, summary = [], [], {}
     for name, path in runs:
         model, schedule, cfg = ddpm.load_model(path)
-        result = shipped_result if name == "shipped" else ddpm.evaluate(path, data_dir, None, "cpu", num_samples=50,
-                                                                       seed=seed)
+        result = shipped_result if name == "shipped" else full_evaluation(path, data_dir, seed)
         summary[name] = {"base_channels": cfg.base_channels, "channel_mults": cfg.channel_mults,
                          "dropout": cfg.dropout, "steps": result["step"], "parameters": ddpm.count_parameters(model),
                          "weight_decay": cfg.weight_decay,
@@ -243,9 +284,8 @@ def main():
                  model, schedule, cfg, args.data_dir, args.seed))),
              ("samplers", lambda: metrics.update(sampling_seconds_cpu=sampler_comparison(model, schedule, cfg, args.out,
                                                                                           args.seed))),
-             ("evaluation", lambda: metrics.update(evaluation=ddpm.evaluate(
-                 args.model, args.data_dir, None, "cpu", num_samples=50,
-                 figure=args.out / "nearest_neighbours.png")))]
+             ("evaluation", lambda: metrics.update(evaluation=full_evaluation(
+                 args.model, args.data_dir, args.seed, args.out / "nearest_neighbours.png")))]
     if args.experiments:
         steps.append(("experiments", lambda: metrics.update(
             experiments=experiments(args.model, metrics["evaluation"], args.experiments, args.data_dir, args.out,
