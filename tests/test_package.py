@@ -245,7 +245,7 @@ def test_refuses_an_invalid_name(repo, capsys, first, roll, bad):
 
 
 def test_refuses_a_stale_allcode_file(repo, capsys):
-    with open(repo / "tools" / "build_allcode.py", "a") as f:
+    with open(repo / "rollNumber_05.py", "a") as f:
         f.write("# a change after the all-code file was built\n")
     lines, zipped = refusal(repo, capsys)
     assert len(lines) == 1 and "rollNumber_05_allCode.py is stale" in lines[0] and not zipped
