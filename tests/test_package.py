@@ -397,6 +397,14 @@ def test_refuses_another_implementation_named_in_a_packed_file(repo, capsys, whe
     assert all(any(place in line for line in lines) for place in expected) and not zipped
 
 
+def test_a_report_naming_another_implementation_is_refused_before_the_notebook_runs(repo, capsys, monkeypatch):
+    runs = []
+    monkeypatch.setattr(packager, "run_notebook", runs.append)
+    (repo / "Report.pdf").write_bytes(tiny_pdf(["Compared with diffusers"]))
+    refusal(repo, capsys)
+    assert runs == []
+
+
 def test_refuses_a_notebook_that_fails_in_the_package(repo, capsys, monkeypatch):
     monkeypatch.undo()  # the real notebook run, on a notebook that fails at once
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(

@@ -511,10 +511,15 @@ def checklist(folder, sub, photos, data_dir, notebook_seconds):
 
 # Command line ----------------------------------------------------------------------------------------------------
 
+def composed(name):
+    """One spelling of Zoë in the file names, however it was typed (macOS may give e + combining diaeresis)."""
+    return unicodedata.normalize("NFC", name)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--first-name", required=True, help="as written, e.g. Ada, Zoë or Mary-Jane")
-    p.add_argument("--roll-number", required=True, help="as written, e.g. i21-0001 or 21L1234")
+    p.add_argument("--first-name", required=True, type=composed, help="as written, e.g. Ada, Zoë or Mary-Jane")
+    p.add_argument("--roll-number", required=True, type=composed, help="as written, e.g. i21-0001 or 21L1234")
     p.add_argument("--zip-number", default=ZIP_NUMBER, choices=("04", "05"),
                    help="the number in the zip's name; the folder inside is always _05 (default: %(default)s, as "
                         "the assignment text names the zip)")
@@ -528,9 +533,6 @@ def parse_args(argv=None):
     args.root = args.root.resolve()
     args.data_dir = args.data_dir.resolve() if args.data_dir else default_dataset(args.root)
     args.out_dir = args.out_dir or args.root / "dist"
-    # one spelling of Zoë (a macOS terminal may type e + combining diaeresis), so names match across systems
-    args.first_name, args.roll_number = (unicodedata.normalize("NFC", name) for name in (args.first_name,
-                                                                                        args.roll_number))
     return args
 
 
@@ -538,6 +540,17 @@ def refuse(sub, violations):
     print(f"refusing to build {'the package' if name_violations(sub) else sub.zip_name}:", file=sys.stderr)
     print("\n".join(violations), file=sys.stderr)
     return 1
+
+
+def stage_slow_parts(root, folder, sub, photos, data_dir):
+    """The report and the notebook's run, each followed by the rules on what it added: ([violations], seconds the
+    notebook took)."""
+    stage_report(root, folder, sub, data_dir)
+    violations = package_violations(folder, sub, photos)
+    if violations:
+        return violations, None  # refused before the notebook's minute
+    seconds = run_notebook(folder)
+    return package_violations(folder, sub, photos) + layout_violations(folder, sub), seconds
 
 
 def package(root, sub, out_dir, data_dir=None):
@@ -555,11 +568,9 @@ def package(root, sub, out_dir, data_dir=None):
         if violations:
             return None, violations, []  # refused before the slow steps
         try:
-            stage_report(root, folder, sub, data_dir)
-            seconds = run_notebook(folder)
+            violations, seconds = stage_slow_parts(root, folder, sub, photos, data_dir)
         except PackagingError as error:
-            return None, [str(error)], []
-        violations = package_violations(folder, sub, photos) + layout_violations(folder, sub)  # the new files too
+            violations = [str(error)]
         if violations:
             return None, violations, []
         items = checklist(folder, sub, photos, data_dir, seconds)
