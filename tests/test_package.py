@@ -290,7 +290,7 @@ def test_without_dataset_photos_the_checklist_says_not_checked(repo, capsys, dat
     assert line.startswith(packager.NOT_CHECKED) and "not checked" in line
 
 
-def test_a_given_data_dir_is_checked_and_passed_to_the_report_builder(repo, capsys, tmp_path):
+def test_a_given_data_dir_is_the_one_checked_for_copied_photos(repo, capsys, tmp_path):
     photo = tmp_path / "elsewhere" / "Cat" / "cat.jpg"
     photo.parent.mkdir(parents=True)
     photo.write_bytes(b"\xff\xd8\xff\xe0 another photo")
