@@ -1,5 +1,6 @@
-"""tools/build_allcode.py: rollNumber_05_allCode.py holds every code file, compiles, and is rebuilt whenever a code
-file changes (the committed file is checked here, so a stale one fails CI)."""
+"""tools/build_allcode.py: rollNumber_05_allCode.py holds the submission's code files (the script and the notebook's
+code cells, not tools/ or tests/), compiles, and is rebuilt whenever one changes (the committed file is checked
+here, so a stale one fails CI)."""
 import ast
 import importlib
 import json
@@ -20,25 +21,21 @@ ALLCODE = ROOT / "rollNumber_05_allCode.py"
 REBUILD = "python tools/build_allcode.py"
 
 
-def expected_headers(root=ROOT, script="rollNumber_05.py"):
-    names = [script, "test_single_sample.ipynb"]
-    for folder in ("tools", "tests"):
-        names += sorted(f"{folder}/{path.name}" for path in (root / folder).glob("*.py"))
-    return [f"# ==== file: {name} ====" for name in names]
+def expected_headers(script="rollNumber_05.py"):
+    return [f"# ==== file: {name} ====" for name in (script, "test_single_sample.ipynb")]
 
 
-def make_project(root, tools=None, cells=("import os\n",)):
-    """A minimal project: a script, a notebook with the given code cells, tools/ and tests/."""
+def make_project(root, script='"""The script."""\nPROG = "rollNumber_05.py"\n', cells=("import os\n",)):
+    """A minimal project: a script, a notebook with the given code cells, and a tools/ and tests/ of its own."""
     (root / "tools").mkdir(parents=True)
     (root / "tests").mkdir()
-    (root / "rollNumber_05.py").write_text('"""The script."""\nPROG = "rollNumber_05.py"\n')
+    (root / "rollNumber_05.py").write_text(script)
     notebook = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# title"]}]
                 + [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": c}
                    for c in cells],
                 "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     (root / "test_single_sample.ipynb").write_text(json.dumps(notebook))
-    for name, text in (tools or {"b.py": "B = 2\n", "a.py": "A = 1\n"}).items():
-        (root / "tools" / name).write_text(text)
+    (root / "tools" / "a.py").write_text("A = 1\n")
     (root / "tests" / "test_x.py").write_text("def test_x():\n    pass\n")
     return root
 
@@ -76,17 +73,24 @@ def test_build_is_deterministic(tmp_path):
     assert build_allcode.build_text(tmp_path).encode() == first.encode() == (tmp_path / "out.py").read_bytes()
 
 
-def test_sources_come_script_notebook_tools_tests_each_sorted(tmp_path):
+def test_sources_are_the_script_then_the_notebook_without_tools_or_tests(tmp_path):
     make_project(tmp_path)
     names = [name for name, _ in build_allcode.collect_sources(tmp_path)]
-    assert names == ["rollNumber_05.py", "test_single_sample.ipynb", "tools/a.py", "tools/b.py", "tests/test_x.py"]
+    assert names == ["rollNumber_05.py", "test_single_sample.ipynb"]
+
+
+def test_a_change_in_tools_does_not_make_the_file_stale(tmp_path):
+    make_project(tmp_path)
+    assert build_allcode.main(["--root", str(tmp_path)]) == 0
+    (tmp_path / "tools" / "a.py").write_text("A = 3\n")
+    assert build_allcode.staleness(tmp_path) is None
 
 
 def test_check_exits_1_with_one_line_when_stale_and_0_when_current(tmp_path, capsys):
     make_project(tmp_path)
     assert build_allcode.main(["--root", str(tmp_path)]) == 0
     assert build_allcode.main(["--root", str(tmp_path), "--check"]) == 0
-    (tmp_path / "tools" / "a.py").write_text("A = 3\n")
+    (tmp_path / "rollNumber_05.py").write_text("X = 3\n")
     capsys.readouterr()
     assert build_allcode.main(["--root", str(tmp_path), "--check"]) == 1
     err = capsys.readouterr().err
@@ -106,7 +110,7 @@ def test_check_runs_from_the_command_line():
 
 
 def test_future_imports_move_to_the_top_so_the_concatenation_compiles(tmp_path):
-    make_project(tmp_path, tools={"late.py": '"""Doc."""\nfrom __future__ import annotations\n\nX: "int" = 1\n'})
+    make_project(tmp_path, script='"""Doc."""\nfrom __future__ import annotations\n\nX: "int" = 1\n')
     text = build_allcode.build_text(tmp_path)
     compile(text, "allcode", "exec")
     first_code = ast.parse(text).body[1]  # after the file's docstring
@@ -120,9 +124,9 @@ def test_notebook_magics_are_commented_out(tmp_path):
 
 
 def test_a_source_that_does_not_compile_is_named(tmp_path, capsys):
-    make_project(tmp_path, tools={"broken.py": "def f(:\n"})
+    make_project(tmp_path, cells=("def f(:\n",))
     assert build_allcode.main(["--root", str(tmp_path)]) == 1
-    assert "tools/broken.py" in capsys.readouterr().err
+    assert "test_single_sample.ipynb" in capsys.readouterr().err
 
 
 # Renaming for the submission -------------------------------------------------------------------------------------
@@ -180,8 +184,18 @@ def test_indented_import_keeps_its_indentation(monkeypatch):
     assert source.startswith("if True:\n    import importlib\n    ddpm = ")
 
 
-@pytest.mark.parametrize("name", ["21L1234_05", "9X_05"])
-def test_digit_leading_module_names_cannot_be_imported_plainly(name):
+def test_import_of_a_hyphenated_module_loads_the_file(tmp_path, monkeypatch):
+    (tmp_path / "i21-0001_05.py").write_text("a = 'A'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "i21-0001_05", raising=False)
+    source, _ = build_allcode.rewrite_script_imports("from rollNumber_05 import a\n", "i21-0001_05")
+    namespace = {}
+    exec(source, namespace)
+    assert namespace["a"] == "A" and namespace["ddpm"].__file__ == str(tmp_path / "i21-0001_05.py")
+
+
+@pytest.mark.parametrize("name", ["21L1234_05", "9X_05", "i21-0001_05"])
+def test_roll_number_module_names_that_import_rejects(name):
     assert not build_allcode.is_importable_name(name)
     with pytest.raises(SyntaxError):
         compile(f"import {name}", "x", "exec")

@@ -1,13 +1,13 @@
-"""tools/package_submission.py: the zip's layout, its notebook run against its renamed script, and each refusal.
+"""tools/package_submission.py: the zip's names and layout, its notebook run against its renamed script, the
+examiner's Readme, and each refusal.
 
 Every test packages a copy of the repository in tmp_path (main/, beside a shared/data/animals/ of its own), so the
-tests neither depend on nor touch the real results, report or dataset. The report builder (tools/make_report.py) is
-replaced by a stub that copies the report; one test runs the real one, and is skipped while it lacks the flags.
-Only test_notebook_runs_against_the_renamed_script is slow: it samples the shipped model, T DDPM steps on one
-thread (1-3 min on the shared 2-core CPU).
+tests neither depend on nor touch the real results, report or dataset: Report.pdf is a small PDF written here, and
+tools/make_report.py a stand-in that copies it and records its arguments. One test runs the real report builder.
+The module's package (for Zoë, i21-0001) runs its notebook for real, all T DDPM steps on one thread (about a minute
+on the shared 2-core CPU); the other packagings skip that run.
 """
 import hashlib
-import io
 import json
 import os
 import re
@@ -15,9 +15,13 @@ import shutil
 import sys
 import zipfile
 from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
 from pathlib import Path
 from types import SimpleNamespace
 
+import nbclient
+import nbformat
+import pypdf
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,225 +31,398 @@ import build_allcode  # noqa: E402
 from conftest import cli_env  # noqa: E402
 import package_submission as packager  # noqa: E402
 
-FIRST, ROLL = "Ada", "21L1234"
-FOLDER = f"{FIRST}_{ROLL}_05"
+FIRST, ROLL = "Zoë", "i21-0001"
+FOLDER, ZIP = f"{FIRST}_{ROLL}_05", f"{FIRST}_{ROLL}_04.zip"
 SCRIPT, ALLCODE = f"{ROLL}_05.py", f"{ROLL}_05_allCode.py"
-COPIED = ["rollNumber_05.py", "test_single_sample.ipynb", "requirements.txt", "Readme.txt", "Report.pdf"]
-COPIED_FOLDERS = ["saved_models", "results", "report"]
-# Only the tools the packager runs: the other code files only feed the all-code file, whose staleness and
-# compiling test_allcode checks, and a half-edited one elsewhere in the tree must not fail these tests.
-COPIED_TOOLS = ["build_allcode.py", "package_submission.py", "make_report.py"]
+NOTEBOOK = "test_single_sample.ipynb"
+COPIED = ["rollNumber_05.py", NOTEBOOK, packager.README_TEMPLATE, packager.MODEL,
+          "tools/build_allcode.py", "tools/package_submission.py"]
+# Written out here, not taken from the packager, so a name dropped from its list fails the search of the zip.
+OTHER_IMPLEMENTATIONS = ["diffusers", "denoising_diffusion_pytorch", "denoising-diffusion-pytorch", "unet2dmodel",
+                         "improved_diffusion", "improved-diffusion", "guided_diffusion", "guided-diffusion",
+                         "score_sde", "k_diffusion", "k-diffusion", "mindiffusion"]
 
 
-def tiny_pdf(pages=2):
-    """A PDF with blank pages, written out plainly so its page objects can be counted."""
-    kids = " ".join(f"{3 + i} 0 R" for i in range(pages))
-    objects = ["<< /Type /Catalog /Pages 2 0 R >>", f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>"]
-    objects += ["<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"] * pages
-    body = "".join(f"{n} 0 obj\n{obj}\nendobj\n" for n, obj in enumerate(objects, 1))
-    return f"%PDF-1.4\n{body}trailer\n<< /Root 1 0 R /Size {len(objects) + 1} >>\n%%EOF\n".encode()
+def pdf_text_object(lines):
+    escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in lines]
+    return "BT /F1 11 Tf 72 720 Td 14 TL " + " ".join(f"({line}) '" for line in escaped) + " ET"
 
 
-def write_stand_ins(repo):
-    """What another part of the project has not produced yet gets a stand-in, so the packager has a full repo."""
-    if not (repo / "Readme.txt").exists():
-        (repo / "Readme.txt").write_text("Sample an animal:\n    python rollNumber_05.py sample --out samples.png\n"
-                                         "All the code: rollNumber_05_allCode.py\n")
-    if packager.find_report(repo) is None:
-        (repo / "Report.pdf").write_bytes(tiny_pdf())
-    metrics = repo / packager.METRICS
-    if not metrics.exists():
-        metrics.parent.mkdir(exist_ok=True)
-        metrics.write_text('{"fid": 1.0}\n')
-    record_results_hash(repo)
+def tiny_pdf(*pages):
+    """A PDF with one page per list of text lines, in Helvetica, so pypdf reads the lines back."""
+    count = len(pages)
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>",
+               f"<< /Type /Pages /Kids [{' '.join(f'{4 + 2 * i} 0 R' for i in range(count))}] /Count {count} >>",
+               "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    for i, lines in enumerate(pages):
+        stream = pdf_text_object(lines)
+        objects += [f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+                    f"/Contents {5 + 2 * i} 0 R >>", f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream"]
+    out, offsets = "%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n"
+    xref = "".join(f"{offset:010d} 00000 n \n" for offset in offsets)
+    return (f"{out}xref\n0 {len(objects) + 1}\n0000000000 65535 f \n{xref}trailer\n<< /Root 1 0 R /Size "
+            f"{len(objects) + 1} >>\nstartxref\n{len(out)}\n%%EOF\n").encode("latin-1")
+
+
+def fake_report_builder(flags=("--name", "--roll-number", "--out", "--data-dir")):
+    """Stands in for tools/make_report.py: copies Report.pdf to --out and records its arguments."""
+    return ("import argparse, json, shutil, sys\n"
+            "parser = argparse.ArgumentParser()\n"
+            + "".join(f'parser.add_argument("{flag}")\n' for flag in flags)
+            + "args = parser.parse_args()\n"
+              "shutil.copy('Report.pdf', args.out)\n"
+              "with open('report_calls.jsonl', 'a') as f:\n"
+              "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n")
+
+
+def report_calls(repo):
+    calls = repo / "report_calls.jsonl"
+    return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
 
 
 def record_results_hash(repo):
     """What the report builder records: the hash of the results the report was built from."""
-    built_from = repo / packager.BUILT_FROM
-    built_from.parent.mkdir(exist_ok=True)
-    record = json.loads(built_from.read_text()) if built_from.exists() else {}
-    record["results_sha256"] = hashlib.sha256((repo / packager.METRICS).read_bytes()).hexdigest()
-    built_from.write_text(json.dumps(record))
+    (repo / packager.BUILT_FROM).parent.mkdir(exist_ok=True)
+    digest = hashlib.sha256((repo / packager.METRICS).read_bytes()).hexdigest()
+    (repo / packager.BUILT_FROM).write_text(json.dumps({"results_sha256": digest}))
+
+
+def rebuild_allcode(repo):
+    build_allcode.write(repo / packager.ALLCODE, build_allcode.build_text(repo))
 
 
 def copy_repo(dest):
-    """The files a submission is made from (not .venv, runs/, .data/, tests/), with a current all-code file."""
-    (dest / "tools").mkdir(parents=True)
-    for name in COPIED + [f"tools/{tool}" for tool in COPIED_TOOLS]:
-        if (ROOT / name).exists():
-            shutil.copy2(ROOT / name, dest / name)
-    for name in COPIED_FOLDERS:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "private", ".*"))
-    write_stand_ins(dest)
-    build_allcode.write(dest / packager.ALLCODE, build_allcode.build_text(dest))  # its staleness: test_allcode
+    """The files a submission is made from, a report and results of its own, a current all-code file, and an
+    empty dataset beside it."""
+    for name in COPIED:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    (dest / "tools" / "make_report.py").write_text(fake_report_builder())
+    (dest / "Report.pdf").write_bytes(tiny_pdf(["Results"], ["The forward process"]))
+    (dest / "results").mkdir()
+    (dest / packager.METRICS).write_text('{"fid": 1.0}\n')
+    record_results_hash(dest)
+    rebuild_allcode(dest)
     (dest.parent / "shared" / "data" / "animals").mkdir(parents=True)
     return dest
 
 
-class ReportStub:
-    """Stands in for tools/make_report.py: copies the report and records the names it was asked to fill in."""
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, root, first_name, roll_number, out):
-        self.calls.append((first_name, roll_number))
-        shutil.copy2(packager.find_report(root), out)
+def add_photo(repo, name="Cat/cat_01.jpeg", data=b"\xff\xd8\xff\xe0 a dataset photo"):
+    photo = repo.parent / "shared" / "data" / "animals" / name
+    photo.parent.mkdir(parents=True, exist_ok=True)
+    photo.write_bytes(data)
+    return photo
 
 
-def stub_report_builder(monkeypatch):
-    stub = ReportStub()
-    monkeypatch.setattr(packager, "report_builder_takes_names", lambda root: True)
-    monkeypatch.setattr(packager, "build_report", stub)
-    return stub
-
-
-def package(repo, out_dir, first=FIRST, roll=ROLL):
+def package(repo, *options, first=FIRST, roll=ROLL):
     return packager.main(["--first-name", first, "--roll-number", roll, "--root", str(repo), "--out-dir",
-                          str(out_dir)])
+                          str(repo.parent / "dist"), *options])
+
+
+def checklist_items(out):
+    return [line for line in out.splitlines() if line[:1] in (packager.OK, packager.NOT_OK, packager.NOT_CHECKED)]
+
+
+def texts_of(folder):
+    """(file, lower-case text) of every file, bytes as Latin-1; the PDF's also as pypdf reads it."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        yield path.name, path.read_bytes().decode("latin-1").lower()
+        if path.suffix == ".pdf":
+            yield path.name, " ".join(page.extract_text() for page in pypdf.PdfReader(path).pages).lower()
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The package for Ada / 21L1234: the repository copy, the unzipped folder, the zip's names, the packager's
-    stdout and stderr, and the report stub's calls."""
+    """The package for Zoë / i21-0001, its notebook run for real: the repository copy, the unzipped folder, the
+    zip's names and the packager's stdout and stderr."""
     base = tmp_path_factory.mktemp("package")
     repo = copy_repo(base / "main")
-    out, err = io.StringIO(), io.StringIO()  # capsys is per test; this fixture is per module
+    add_photo(repo)
+    out, err = StringIO(), StringIO()  # capsys is per test; this fixture is per module
     with pytest.MonkeyPatch.context() as monkeypatch, redirect_stdout(out), redirect_stderr(err):
-        stub = stub_report_builder(monkeypatch)
-        rc = package(repo, base / "dist")
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the kernel inherits them: one thread on a busy CPU
+            monkeypatch.setenv(name, cli_env()[name])
+        rc = package(repo)
     assert rc == 0, err.getvalue()
-    with zipfile.ZipFile(base / "dist" / f"{FOLDER}.zip") as zf:
+    with zipfile.ZipFile(base / "dist" / ZIP) as zf:
         names = zf.namelist()
         zf.extractall(base / "unzipped")
     return SimpleNamespace(repo=repo, folder=base / "unzipped" / FOLDER, names=names, out=out.getvalue(),
-                           err=err.getvalue(), calls=stub.calls)
+                           err=err.getvalue())
 
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
-    """A fresh copy of the repository for a test that breaks a rule, with the report builder stubbed."""
-    stub_report_builder(monkeypatch)
+    """A fresh copy of the repository for a test that breaks a rule; its notebook is not run (a minute saved)."""
+    monkeypatch.setattr(packager, "run_notebook", lambda folder: 0.0)
     return copy_repo(tmp_path / "main")
 
 
-def refusal(repo, capsys, **names):
+def refusal(repo, capsys, *options, **names):
     """(the violation lines, whether a zip appeared) after packaging a repository that breaks a rule."""
-    out_dir = repo.parent / "dist"
-    assert package(repo, out_dir, **names) == 1
+    assert package(repo, *options, **names) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("refusing to build")
-    return lines[1:], any(out_dir.glob("*.zip"))
+    return lines[1:], any((repo.parent / "dist").glob("*.zip"))
 
 
 # The package -----------------------------------------------------------------------------------------------------
 
-def test_zip_holds_one_folder_with_the_renamed_files(built):
+def test_zip_is_named_04_and_holds_one_folder_named_05(built):
+    assert (built.repo.parent / "dist" / ZIP).is_file()
     assert {name.split("/")[0] for name in built.names} == {FOLDER}
+
+
+def test_zip_root_holds_exactly_the_submission(built):
     assert sorted(p.name for p in built.folder.iterdir()) == sorted(
-        [SCRIPT, ALLCODE, "test_single_sample.ipynb", "Report.pdf", "Readme.txt", "saved_models", "requirements.txt"])
-    model = "saved_models/ddpm_animals.pt"
-    assert (built.folder / model).read_bytes() == (built.repo / model).read_bytes()
+        [SCRIPT, ALLCODE, NOTEBOOK, "Report.pdf", "Readme.txt", "saved_models"])
+    assert (built.folder / packager.MODEL).read_bytes() == (built.repo / packager.MODEL).read_bytes()
 
 
 def test_script_is_the_original_with_its_own_name_rewritten(built):
     shipped = (built.folder / SCRIPT).read_text()
     assert shipped == (built.repo / "rollNumber_05.py").read_text().replace("rollNumber_05", f"{ROLL}_05")
-    assert "rollNumber_05" not in shipped
 
 
-def test_allcode_is_rebuilt_for_the_renamed_script(built):
+def test_allcode_holds_the_renamed_script_and_the_notebook_only(built):
     text = (built.folder / ALLCODE).read_text()
     headers = [line for line in text.splitlines() if line.startswith("# ==== file: ")]
-    assert headers[:2] == [f"# ==== file: {SCRIPT} ====", "# ==== file: test_single_sample.ipynb ===="]
+    assert headers == [f"# ==== file: {SCRIPT} ====", f"# ==== file: {NOTEBOOK} ===="]
     compile(text, ALLCODE, "exec")
 
 
-def test_notebook_loads_the_digit_leading_script_with_importlib(built):
-    cells = build_allcode.notebook_code_cells(built.folder / "test_single_sample.ipynb")
-    for _, source in cells:
-        compile(source, "cell", "exec")
-    code = "\n".join(source for _, source in cells)
+def test_notebook_loads_the_hyphenated_script_with_importlib(built):
+    code = "\n".join(source for _, source in build_allcode.notebook_code_cells(built.folder / NOTEBOOK))
     assert f'importlib.import_module("{ROLL}_05")' in code and "rollNumber_05" not in code
 
 
-def test_readme_commands_name_the_renamed_script(built):
+def test_notebook_is_saved_with_its_outputs_and_the_repository_copy_is_not(built):
+    outputs = [output for cell in nbformat.read(built.folder / NOTEBOOK, as_version=4).cells
+               if cell.cell_type == "code" for output in cell.outputs]
+    assert sum("image/png" in output.get("data", {}) for output in outputs) >= 2  # the steps and the final image
+    assert not [output for output in outputs if output.output_type == "error"]
+    repository_copy = nbformat.read(ROOT / NOTEBOOK, as_version=4)
+    assert not any(cell.get("outputs") for cell in repository_copy.cells)
+
+
+def test_notebook_runs_against_the_renamed_script_in_the_unpacked_folder(built):
+    """The unpacked folder alone imports its script and loads its model (the packager ran every step already)."""
+    notebook = nbformat.read(built.folder / NOTEBOOK, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    notebook.cells = code[:2] + [nbformat.v4.new_code_cell("print(ddpm.__file__)\nprint(DEFAULT_CHECKPOINT)")]
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(built.folder)}})
+    client.execute(env=cli_env())
+    printed = notebook.cells[-1].outputs[0]["text"].split()
+    assert printed == [str(built.folder / SCRIPT), str(built.folder / packager.MODEL)]
+
+
+def test_unpacked_zip_names_no_other_diffusion_implementation(built):
+    found = [(name, other) for name, text in texts_of(built.folder) for other in OTHER_IMPLEMENTATIONS
+             if other in text]
+    assert found == []
+
+
+def test_readme_is_written_for_the_examiner(built):
     text = (built.folder / "Readme.txt").read_text()
-    assert "rollNumber_05" not in text and f"python {SCRIPT}" in text
+    for needed in ("pip install torch torchvision pillow matplotlib jupyter", f"jupyter notebook {NOTEBOOK}",
+                   f"python {SCRIPT} sample", f"python {SCRIPT} train --data-dir PATH", ALLCODE, "Report.pdf",
+                   "saved_models/ddpm_animals.pt"):
+        assert needed in text
+    for outside in ("rollNumber_05", "tools/", "tests/", "results/", "bench", "diffusers", "requirements"):
+        assert outside not in text
 
 
-def test_report_builder_is_asked_for_the_name_and_roll_number(built):
-    assert built.calls == [(FIRST, ROLL)]
+def test_readme_gives_the_main_training_options(built):
+    text = (built.folder / "Readme.txt").read_text()
+    assert all(f"--{option} " in text for option in ("classes", "image-size", "epochs", "batch-size", "lr",
+                                                     "out-dir"))
+    assert "passes over the photos" in text
+
+
+def test_readme_options_all_exist_in_the_script(built):
+    script = (built.folder / SCRIPT).read_text()
+    options = set(re.findall(r"--[a-z][a-z-]*", (built.folder / "Readme.txt").read_text())) - {"--help"}
+    assert options and {option for option in options if f'"{option}"' not in script} == set()
+
+
+def test_report_builder_is_asked_for_the_names_and_the_dataset(built):
+    [call] = report_calls(built.repo)
+    assert call[:4] == ["--name", FIRST, "--roll-number", ROLL] and call[4] == "--out"
+    assert call[6:] == ["--data-dir", str(built.repo.parent / "shared" / "data" / "animals")]
 
 
 def test_checklist_ticks_every_convention(built):
-    items = [line for line in built.out.splitlines() if line[:1] in (packager.OK, packager.NOT_OK)]
-    assert len(items) == 11 and all(line.startswith(packager.OK) for line in items), built.out
-    assert re.search(r"Report.pdf present \(\d+ pages", built.out) and "MiB" in built.out
+    items = checklist_items(built.out)
+    assert len(items) == 13 and all(line.startswith(packager.OK) for line in items), built.out
+    assert "Report.pdf present (2 pages" in built.out and "no copies of the 1 dataset photos" in built.out
 
 
-def test_notebook_runs_against_the_renamed_script(built):
-    """The unpacked folder alone runs the notebook: its script, its model, nothing from the repository."""
-    nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
-    folder = built.folder
-    notebook = nbformat.read(folder / "test_single_sample.ipynb", as_version=4)
-    notebook.cells.append(nbformat.v4.new_code_cell("print(ddpm.__file__)\nprint(DEFAULT_CHECKPOINT)"))
-    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(folder)}})
-    client.execute(env=cli_env())  # one thread: two threads beside a busy job run ~10x slower on this 2-core box
-    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
-    assert any("image/png" in output.get("data", {}) for output in outputs)
-    printed = notebook.cells[-1].outputs[0]["text"].split()
-    assert printed == [str(folder / SCRIPT), str(folder / "saved_models" / "ddpm_animals.pt")]
+def test_one_line_points_out_the_04_and_05_of_the_assignment_text(built):
+    [line] = [line for line in built.out.splitlines() if line.startswith("note:")]
+    assert "_04.zip" in line and "_05/" in line and f"this zip is {ZIP}" in line and "--zip-number" in line
+
+
+# Options and fallbacks -------------------------------------------------------------------------------------------
+
+def test_zip_number_05_names_the_zip_like_its_folder(repo, capsys):
+    assert package(repo, "--zip-number", "05") == 0
+    with zipfile.ZipFile(repo.parent / "dist" / f"{FOLDER}.zip") as zf:
+        assert {name.split("/")[0] for name in zf.namelist()} == {FOLDER}
 
 
 def test_identifier_roll_number_gets_a_plain_import(repo, capsys):
-    assert package(repo, repo.parent / "dist", roll="Ab12") == 0
-    with zipfile.ZipFile(repo.parent / "dist" / "Ada_Ab12_05.zip") as zf:
+    assert package(repo, first="Ada", roll="Ab12") == 0
+    with zipfile.ZipFile(repo.parent / "dist" / "Ada_Ab12_04.zip") as zf:
         notebook = zf.read("Ada_Ab12_05/test_single_sample.ipynb").decode()
     assert "from Ab12_05 import" in notebook and "importlib" not in notebook
 
 
-def test_report_is_copied_unchanged_with_a_loud_warning_without_the_builder(repo, capsys, monkeypatch):
-    monkeypatch.setattr(packager, "report_builder_takes_names", lambda root: False)
-    assert package(repo, repo.parent / "dist") == 0
+@pytest.mark.parametrize("dataset", ["missing", "empty"])
+def test_without_dataset_photos_the_checklist_says_not_checked(repo, capsys, dataset):
+    if dataset == "missing":
+        shutil.rmtree(repo.parent / "shared")
+    assert package(repo) == 0
+    [line] = [line for line in checklist_items(capsys.readouterr().out) if "dataset photos" in line]
+    assert line.startswith(packager.NOT_CHECKED) and "not checked" in line
+
+
+def test_a_given_data_dir_is_the_one_checked_for_copied_photos(repo, capsys, tmp_path):
+    photo = tmp_path / "elsewhere" / "Cat" / "cat.jpg"
+    photo.parent.mkdir(parents=True)
+    photo.write_bytes(b"\xff\xd8\xff\xe0 another photo")
+    shutil.copy(photo, repo / "saved_models" / "cat.png")
+    lines, _ = refusal(repo, capsys, "--data-dir", str(tmp_path / "elsewhere"))
+    assert lines == ["dataset image in the package: saved_models/cat.png (a copy of a photo in the dataset)"]
+
+
+def test_a_missing_data_dir_is_a_usage_error(repo, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        package(repo, "--data-dir", str(repo / "no-such-folder"))
+    assert exit_.value.code == 2 and "no such folder" in capsys.readouterr().err
+
+
+def test_report_builder_without_data_dir_is_not_given_one(repo, capsys):
+    (repo / "tools" / "make_report.py").write_text(fake_report_builder(("--name", "--roll-number", "--out")))
+    add_photo(repo)
+    assert package(repo) == 0
+    [call] = report_calls(repo)
+    assert "--data-dir" not in call
+
+
+def test_report_is_copied_unchanged_with_a_loud_warning_without_the_builder(repo, capsys):
+    (repo / "tools" / "make_report.py").unlink()
+    assert package(repo) == 0
     err = capsys.readouterr().err
     assert "WARNING" in err and "UNCHANGED" in err
 
 
-@pytest.mark.skipif(not packager.report_builder_takes_names(ROOT),
-                    reason="tools/make_report.py is missing or lacks --name/--roll-number/--out: the packager "
-                           "falls back to copying Report.pdf unchanged")
-@pytest.mark.skipif(not (ROOT / packager.METRICS).exists(),
-                    reason="results/metrics.json is not built yet: the real report builder has nothing to report")
-def test_real_report_builder_makes_the_report(tmp_path, capsys):
-    repo = copy_repo(tmp_path / "main")
-    assert package(repo, tmp_path / "dist") == 0, capsys.readouterr().err
-    with zipfile.ZipFile(tmp_path / "dist" / f"{FOLDER}.zip") as zf:
-        report = zf.read(f"{FOLDER}/Report.pdf")
-    assert report.startswith(b"%PDF") and report != packager.find_report(repo).read_bytes()  # names filled in
+@pytest.mark.skipif(not packager.report_builder_takes(ROOT, *packager.REPORT_FLAGS),
+                    reason="tools/make_report.py lacks --name/--roll-number/--out: the packager copies Report.pdf")
+@pytest.mark.skipif(not (ROOT / packager.METRICS).exists(), reason="results/metrics.json is not built yet")
+def test_real_report_builder_puts_the_names_on_the_title_page(tmp_path):
+    """The contract with tools/make_report.py, whose report's content is tests/test_report.py's business."""
+    for name in ("results", "report", "tools"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "private"))
+    shutil.copy2(ROOT / "rollNumber_05.py", tmp_path)
+    packager.build_report(tmp_path, packager.Submission(FIRST, ROLL), tmp_path / "out.pdf", None)
+    title_page = pypdf.PdfReader(tmp_path / "out.pdf").pages[0].extract_text()
+    assert FIRST in title_page and ROLL in title_page
+
+
+# Names -----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("first, roll", [("Zoë", "i21-0001"), ("Mary-Jane", "21I-0001"), ("Muhammad", "21L-1234"),
+                                         ("Ada", "21L1234")])
+def test_accepts_unicode_first_names_and_hyphenated_roll_numbers(first, roll):
+    assert packager.name_violations(packager.Submission(first, roll)) == []
+
+
+@pytest.mark.parametrize("first, roll, bad, hint", [
+    ("Mary Jane", ROLL, "first name", "try Mary-Jane"), ("", ROLL, "first name", "e.g. Ada"),
+    ("Ada\t", ROLL, "first name", "try Ada"), ("A" * 65, ROLL, "first name", "shorten it"),
+    (FIRST, "21/L", "roll number", "try 21-L"), (FIRST, "i21.0001", "roll number", "try i21-0001"),
+    (FIRST, "21L:12", "roll number", "try 21L-12")])
+def test_refuses_a_name_that_breaks_a_file_name_with_a_suggestion(repo, capsys, first, roll, bad, hint):
+    lines, zipped = refusal(repo, capsys, first=first, roll=roll)
+    assert len(lines) == 1 and lines[0].startswith(f"invalid {bad}") and lines[0].endswith(hint) and not zipped
+
+
+def test_a_decomposed_first_name_is_written_composed(repo, capsys):
+    assert package(repo, first="Zoe\u0308") == 0  # e + combining diaeresis, as some keyboards type it
+    assert (repo.parent / "dist" / ZIP).is_file()
 
 
 # Refusals --------------------------------------------------------------------------------------------------------
 
 def test_refuses_a_missing_file(repo, capsys):
-    (repo / "Readme.txt").unlink()
+    (repo / packager.README_TEMPLATE).unlink()
     lines, zipped = refusal(repo, capsys)
-    assert lines == ["missing file: Readme.txt"] and not zipped
+    assert lines == [f"missing file: {packager.README_TEMPLATE}"] and not zipped
 
 
-@pytest.mark.parametrize("first, roll, bad", [("Ada1", ROLL, "first name"), ("", ROLL, "first name"),
-                                              ("A" * 41, ROLL, "first name"), (FIRST, "21-L", "roll number"),
-                                              (FIRST, "1" * 21, "roll number"), (FIRST, "21L 12", "roll number")])
-def test_refuses_an_invalid_name(repo, capsys, first, roll, bad):
-    lines, zipped = refusal(repo, capsys, first=first, roll=roll)
-    assert len(lines) == 1 and lines[0].startswith(f"invalid {bad}") and not zipped
+def test_other_implementations_are_matched_ignoring_case_and_separators():
+    text = "from diffusers import UNet2DModel; Denoising-Diffusion-PyTorch, k_diffusion, minDiffusion, score-sde"
+    assert [m.group(0) for m in packager.OTHER_IMPLEMENTATION.finditer(text)] == [
+        "diffusers", "UNet2DModel", "Denoising-Diffusion-PyTorch", "k_diffusion", "minDiffusion", "score-sde"]
+    assert not packager.OTHER_IMPLEMENTATION.search("Improved Denoising Diffusion Probabilistic Models (2021)")
+
+
+def add_markdown_cell(repo, text):
+    notebook = json.loads((repo / NOTEBOOK).read_text())
+    notebook["cells"].append({"cell_type": "markdown", "metadata": {}, "source": [text]})
+    (repo / NOTEBOOK).write_text(json.dumps(notebook, indent=1))
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("script", [f"{SCRIPT} line", f"{ALLCODE} line"]), ("notebook", [f"{NOTEBOOK} line"]),
+    ("readme", ["Readme.txt line"]), ("report", ["Report.pdf page 2 line 2"])])
+def test_refuses_another_implementation_named_in_a_packed_file(repo, capsys, where, expected):
+    if where == "script":
+        with open(repo / "rollNumber_05.py", "a") as f:
+            f.write("# as in diffusers' UNet2DModel\n")
+        rebuild_allcode(repo)
+    elif where == "notebook":
+        add_markdown_cell(repo, "Compare with k-diffusion.")
+    elif where == "readme":
+        with open(repo / packager.README_TEMPLATE, "a") as f:
+            f.write("Faster than denoising-diffusion-pytorch.\n")
+    else:
+        (repo / "Report.pdf").write_bytes(tiny_pdf(["Results"], ["Table 7", "Against diffusers (same widths)"]))
+    lines, zipped = refusal(repo, capsys)
+    assert lines and all(line.startswith("names another diffusion implementation") for line in lines)
+    assert all(any(place in line for line in lines) for place in expected) and not zipped
+
+
+def test_a_report_naming_another_implementation_is_refused_before_the_notebook_runs(repo, capsys, monkeypatch):
+    runs = []
+    monkeypatch.setattr(packager, "run_notebook", runs.append)
+    (repo / "Report.pdf").write_bytes(tiny_pdf(["Compared with diffusers"]))
+    refusal(repo, capsys)
+    assert runs == []
+
+
+def test_refuses_a_notebook_that_fails_in_the_package(repo, capsys, monkeypatch):
+    monkeypatch.undo()  # the real notebook run, on a notebook that fails at once
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from rollNumber_05 import DEFAULT_CHECKPOINT\nraise ValueError('no animal today')")])
+    nbformat.write(notebook, repo / NOTEBOOK)
+    rebuild_allcode(repo)
+    lines, zipped = refusal(repo, capsys)
+    assert lines == [f"{NOTEBOOK} fails when run in the package: ValueError: no animal today"] and not zipped
+
+
+def test_refuses_a_file_the_notebook_leaves_in_the_package(repo, capsys, monkeypatch):
+    monkeypatch.setattr(packager, "run_notebook", lambda folder: (folder / "__pycache__").mkdir())
+    lines, zipped = refusal(repo, capsys)
+    assert lines == ["not part of the submission, in the package: __pycache__"] and not zipped
 
 
 def test_refuses_a_stale_allcode_file(repo, capsys):
-    with open(repo / "tools" / "build_allcode.py", "a") as f:
+    with open(repo / "rollNumber_05.py", "a") as f:
         f.write("# a change after the all-code file was built\n")
     lines, zipped = refusal(repo, capsys)
     assert len(lines) == 1 and "rollNumber_05_allCode.py is stale" in lines[0] and not zipped
@@ -265,10 +442,7 @@ def test_refuses_a_jpeg_in_saved_models(repo, capsys):
 
 
 def test_refuses_a_renamed_copy_of_a_dataset_photo(repo, capsys):
-    photo = repo.parent / "shared" / "data" / "animals" / "Cat" / "cat_01.jpeg"
-    photo.parent.mkdir()
-    photo.write_bytes(b"\xff\xd8\xff\xe0 a dataset photo")
-    shutil.copy(photo, repo / "saved_models" / "cat.png")
+    shutil.copy(add_photo(repo), repo / "saved_models" / "cat.png")
     lines, zipped = refusal(repo, capsys)
     assert lines == ["dataset image in the package: saved_models/cat.png (a copy of a photo in the dataset)"]
     assert not zipped
@@ -282,14 +456,13 @@ def test_refuses_a_report_built_from_other_results(repo, capsys):
 
 def test_without_built_from_json_an_older_report_is_refused(repo, capsys):
     (repo / packager.BUILT_FROM).unlink()
-    report = packager.find_report(repo)
-    os.utime(report, (1_000_000, 1_000_000))
+    os.utime(repo / "Report.pdf", (1_000_000, 1_000_000))
     lines, _ = refusal(repo, capsys)
     assert len(lines) == 1 and "is older than results/" in lines[0]
 
 
 def test_lists_every_violation_one_per_line(repo, capsys):
-    (repo / "requirements.txt").unlink()
+    (repo / packager.MODEL).unlink()
     (repo / "scratch.py").write_text("x = 1\n")
-    lines, _ = refusal(repo, capsys, roll="21-L")
+    lines, _ = refusal(repo, capsys, roll="21 L")
     assert [line.split(":")[0].split(" ")[0] for line in lines] == ["invalid", "missing", "3"]

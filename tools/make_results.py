@@ -1,14 +1,15 @@
 """Rebuilds results/ (figures and metrics.json) from the shipped model and its training runs.
 
-    python tools/make_results.py --run runs/ship --sweep runs/lr_1e-3 runs/lr_2e-4 runs/lr_5e-5 \
+    python tools/make_results.py --run runs/ship --sweep runs/lrexp_3e-3 runs/lrexp_1e-3 runs/lrexp_2e-4 runs/lrexp_5e-5 \
         --experiments runs/full2500 runs/dropout3 runs/dropout3_wd --cpu-run runs/cpu_default \
         --gpu-run runs/gpu_default --step-evals runs/ship_evals/*.json --data-dir ../shared/data/animals
 
 --run is the folder `rollNumber_05.py train` wrote for the shipped model (log.csv, run_info.json); the model
-itself is read from --model (default saved_models/ddpm_animals.pt). Each --sweep folder is a short run at another
-learning rate (log.csv, config.json, model.pt); each --experiments folder another configuration tried (model.pt);
+itself is read from --model (default saved_models/ddpm_animals.pt). Each --sweep folder is the same run at another
+learning rate (log.csv, config.json, model.pt, samples/final.png); each --experiments folder another configuration tried (model.pt);
 --cpu-run and --gpu-run the default configuration trained on a CPU and on a GPU (log.csv, run_info.json,
-samples/); --step-evals the `evaluate` results of the shipped run's earlier checkpoints.
+samples/); --step-evals the `evaluate` results of the shipped run's earlier checkpoints. --only reruns the
+steps named (e.g. `--only lr-sweep --sweep ...`) and updates the metrics.json already in --out with their keys.
 Figures hold generated images only: the dataset's photos have an
 unknown licence and stay out of the repository.
 """
@@ -196,24 +197,35 @@ def reverse_and_forward(model, schedule, cfg, out, seed):
     return {"x_T_mean": float(x_T.mean()), "x_T_std": float(x_T.std())}
 
 
+def lr_label(lr):
+    """0.0002 -> '2e-4', as the learning rates are written in the text."""
+    mantissa, exponent = f"{lr:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def lr_sweep(sweep_dirs, out):
-    """lr_sweep.png: loss curves of the same short run at each learning rate, and each run's final samples."""
+    """lr_sweep.png: the loss curves of the same run at each learning rate (left, over both rows), and each run's
+    final fixed-noise samples (two rows of grids), so the reader sees what each rate draws."""
     plt = ddpm.pyplot()
-    runs = [(json.loads((d / "config.json").read_text())["lr"], ddpm.read_log(d / "log.csv"), d) for d in sweep_dirs]
-    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4.2 * (len(runs) + 1), 4))
+    runs = sorted(((json.loads((d / "config.json").read_text())["lr"], ddpm.read_log(d / "log.csv"), d)
+                   for d in sweep_dirs), reverse=True)
+    cols = math.ceil(len(runs) / 2)
+    fig = plt.figure(figsize=(4.5 + 3.6 * cols, 4.6))
+    grid = fig.add_gridspec(2, cols + 1, width_ratios=[1.25] + [1] * cols)
+    curves = fig.add_subplot(grid[:, 0])
     summary = {}
-    for lr, rows, folder in sorted(runs, reverse=True):
-        axes[0].plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows], 0.5), label=f"lr {lr:g}")
-        summary[f"{lr:g}"] = {"final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]),
-                              "steps": int(rows[-1]["step"])}
-    axes[0].set(xlabel="step", ylabel="loss (smoothed)", yscale="log", title="training loss")
-    axes[0].legend()
-    for ax, (lr, _, folder) in zip(axes[1:], sorted(runs, reverse=True)):
-        ax.imshow(Image.open(folder / "samples" / "final.png"))
-        ax.set_title(f"lr {lr:g}: samples at the end")
+    for i, (lr, rows, folder) in enumerate(runs):
+        steps = int(rows[-1]["step"])
+        curves.plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows]), label=f"lr {lr_label(lr)}")
+        summary[f"{lr:g}"] = {"final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]), "steps": steps}
+        ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
+        ax.imshow(Image.open(folder / "samples" / "final.png"), interpolation="nearest")
+        ax.set_title(f"lr {lr_label(lr)}: samples after {steps:,} steps", fontsize=9)
         ax.axis("off")
+    curves.set(xlabel="step", ylabel="training loss (smoothed)", yscale="log", title="training loss")
+    curves.legend()
     fig.tight_layout()
-    fig.savefig(out / "lr_sweep.png", dpi=110)
+    fig.savefig(out / "lr_sweep.png", dpi=120)
     plt.close(fig)
     return summary
 
@@ -250,9 +262,27 @@ def experiments(model_path, shipped_result, experiment_dirs, data_dir, out, seed
     return summary
 
 
+STEPS = ("forward-reverse", "samples", "guidance", "memorisation-by-guidance", "samplers", "evaluation",
+         "experiments", "cpu-run", "gpu-run", "step-evals", "lr-sweep")
+
+
+def shipped_run(args, model, cfg):
+    """The start of metrics.json: the shipped model, its config and its training run; and loss_curve.png."""
+    metrics = {"model": str(args.model.relative_to(ROOT) if args.model.is_absolute() else args.model),
+               "config": ddpm.dataclasses.asdict(cfg),
+               "parameters": ddpm.count_parameters(model),
+               "training": json.loads((args.run / "run_info.json").read_text())}
+    rows = ddpm.read_log(args.run / "log.csv")
+    metrics["training"]["final_loss"] = sum(r["loss"] for r in rows[-10:]) / len(rows[-10:])
+    metrics["training"]["final_loss_per_t_quarter"] = [sum(r[f"loss_t{q}"] for r in rows[-10:]) / len(rows[-10:])
+                                                       for q in range(1, 5)]
+    ddpm.plot_loss_curve(rows, args.out / "loss_curve.png")
+    return metrics
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--run", type=Path, help="the shipped model's run folder (needed unless --only)")
     parser.add_argument("--model", type=Path, default=ddpm.DEFAULT_CHECKPOINT)
     parser.add_argument("--sweep", type=Path, nargs="*", default=[])
     parser.add_argument("--experiments", type=Path, nargs="*", default=[],
@@ -264,23 +294,19 @@ def main():
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="+", choices=STEPS, metavar="STEP",
+                        help=f"run only these steps, keeping the rest of --out's metrics.json ({', '.join(STEPS)})")
     args = parser.parse_args()
+    if not args.only and not args.run:
+        parser.error("--run is needed to rebuild all of results/ (or name the steps to rerun with --only)")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     model, schedule, cfg = ddpm.load_model(args.model)
-    metrics = {"model": str(args.model.relative_to(ROOT) if args.model.is_absolute() else args.model),
-               "config": ddpm.dataclasses.asdict(cfg),
-               "parameters": ddpm.count_parameters(model),
-               "training": json.loads((args.run / "run_info.json").read_text())}
-    rows = ddpm.read_log(args.run / "log.csv")
-    metrics["training"]["final_loss"] = sum(r["loss"] for r in rows[-10:]) / len(rows[-10:])
-    metrics["training"]["final_loss_per_t_quarter"] = [sum(r[f"loss_t{q}"] for r in rows[-10:]) / len(rows[-10:])
-                                                       for q in range(1, 5)]
-    ddpm.plot_loss_curve(rows, args.out / "loss_curve.png")
-    steps = [("forward/reverse", lambda: metrics.update(reverse_and_forward(model, schedule, cfg, args.out, args.seed))),
+    metrics = json.loads((args.out / "metrics.json").read_text()) if args.only else shipped_run(args, model, cfg)
+    steps = [("forward-reverse", lambda: metrics.update(reverse_and_forward(model, schedule, cfg, args.out, args.seed))),
              ("samples", lambda: per_class_samples(model, schedule, cfg, args.out, 8, args.seed)),
              ("guidance", lambda: guidance_comparison(model, schedule, cfg, args.out, args.seed)),
-             ("memorisation by guidance", lambda: metrics.update(memorisation_by_guidance=memorisation_by_guidance(
+             ("memorisation-by-guidance", lambda: metrics.update(memorisation_by_guidance=memorisation_by_guidance(
                  model, schedule, cfg, args.data_dir, args.seed))),
              ("samplers", lambda: metrics.update(sampling_seconds_cpu=sampler_comparison(model, schedule, cfg, args.out,
                                                                                           args.seed))),
@@ -291,17 +317,22 @@ def main():
             experiments=experiments(args.model, metrics["evaluation"], args.experiments, args.data_dir, args.out,
                                     args.seed))))
     if args.cpu_run:
-        steps.append(("cpu run", lambda: metrics.update(
+        steps.append(("cpu-run", lambda: metrics.update(
             cpu_training=default_run(args.cpu_run, args.out / "cpu_training.png"))))
     if args.gpu_run:
-        steps.append(("gpu run", lambda: metrics.update(
+        steps.append(("gpu-run", lambda: metrics.update(
             gpu_training=default_run(args.gpu_run, args.out / "gpu_training.png"))))
     if args.step_evals:
-        metrics["evaluation_by_step"] = evaluations_by_step(args.step_evals)
+        steps.append(("step-evals", lambda: metrics.update(evaluation_by_step=evaluations_by_step(args.step_evals))))
     if args.sweep:
-        steps.append(("lr sweep", lambda: metrics.update(lr_sweep=lr_sweep(args.sweep, args.out),
+        steps.append(("lr-sweep", lambda: metrics.update(lr_sweep=lr_sweep(args.sweep, args.out),
                                                          lr_sweep_eval_loss=sweep_eval_losses(args.sweep, args.data_dir))))
+    missing = set(args.only or []) - {name for name, _ in steps}
+    if missing:
+        parser.error(f"--only {' '.join(sorted(missing))}: give the folders that step reads (see --help)")
     for name, step in steps:
+        if args.only and name not in args.only:
+            continue
         start = time.time()
         step()
         print(f"{name}: {time.time() - start:.0f} s", file=sys.stderr)

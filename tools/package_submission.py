@@ -1,33 +1,46 @@
-"""Builds the submission: NAME_ROLL_05.zip, holding one folder NAME_ROLL_05/ with the renamed files.
+"""Builds the submission: NAME_ROLL_04.zip, holding one folder NAME_ROLL_05/ with the renamed files.
 
-    python tools/package_submission.py --first-name Ada --roll-number 21L1234 [--out-dir dist]
+    python tools/package_submission.py --first-name Ada --roll-number i21-0001 [--data-dir PATH] [--out-dir dist]
 
-The folder holds ROLL_05.py (rollNumber_05.py, its mentions of its own name rewritten), ROLL_05_allCode.py
-(rebuilt for the new names by tools/build_allcode.py), test_single_sample.ipynb (importing ROLL_05), Report.pdf
-(name and roll number on the title page, by tools/make_report.py), Readme.txt (commands renamed), saved_models/
-and requirements.txt.
+The assignment text names the zip FirstName_RollNumber_04.zip and its folder FirstName_RollNumber_05; the zip
+follows the text, and --zip-number 05 changes its number. The folder holds exactly: ROLL_05.py (rollNumber_05.py,
+its mentions of its own name rewritten), ROLL_05_allCode.py (rebuilt for the new name by tools/build_allcode.py),
+test_single_sample.ipynb (importing ROLL_05, run in the staged folder and saved with its outputs), Report.pdf (name
+and roll number on the title page, by tools/make_report.py), Readme.txt (the examiner's, from
+report/Readme_submission.txt) and saved_models/.
 
 It refuses to build, listing every violation one per line and exiting 1, when a file is missing, the all-code file
 is stale, the repository root holds more than two Python files, the report was built from other results, the
-package would hold a dataset photo, or a name is invalid. The package itself is checked once the names are valid
-and no file is missing. On success it prints a checklist of the assignment's conventions.
+package would hold a dataset photo or name another diffusion implementation, the notebook fails in the package, or
+a name cannot stand in a file name. On success it prints a checklist of the assignment's conventions.
 
-The report builder's contract: `python tools/make_report.py --name NAME --roll-number ROLL --out PATH` writes the
-report to PATH with NAME and ROLL on the title page, and every build of the repository's report writes
-report/built_from.json = {"results_sha256": "<sha256 hex of the bytes of results/metrics.json>"}.
+The report builder's contract: `python tools/make_report.py --name NAME --roll-number ROLL --out PATH
+[--data-dir PATH]` writes the report to PATH with NAME and ROLL on the title page, and every build of the
+repository's report writes report/built_from.json = {"results_sha256": "<sha256 of results/metrics.json>"}.
+--data-dir, passed where the builder has it and a dataset is found, lets the report show a real photo.
 """
 import argparse
 import ast
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import nbclient
+    import nbformat
+    import pypdf
+except ImportError as missing:
+    sys.exit(f"error: the packager needs {missing.name}: pip install -r requirements-dev.txt")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_allcode as allcode  # noqa: E402
@@ -37,18 +50,34 @@ SCRIPT = allcode.SCRIPT_NAME
 NOTEBOOK = allcode.NOTEBOOK_NAME
 ALLCODE = allcode.allcode_name(SCRIPT)
 README = "Readme.txt"
-REQUIREMENTS = "requirements.txt"
+README_TEMPLATE = "report/Readme_submission.txt"  # the examiner's Readme; the repository's Readme.txt is the kit's
 MODELS = "saved_models"
 MODEL = "saved_models/ddpm_animals.pt"  # the script's DEFAULT_CHECKPOINT, which the notebook loads
 REPORT = "Report.pdf"
 REPORT_PLACES = ("Report.pdf", "report/Report.pdf")  # where `python tools/make_report.py` may leave it
 REPORT_BUILDER = "tools/make_report.py"
 REPORT_FLAGS = ("--name", "--roll-number", "--out")
+REPORT_DATA_FLAG = "--data-dir"
 BUILT_FROM = "report/built_from.json"
 METRICS = "results/metrics.json"
 PHOTO_SUFFIXES = {".jpg", ".jpeg"}  # the dataset is JPEG; figures are PNG, so any JPEG is suspect
 DATASET_SUFFIXES = {".jpg", ".jpeg", ".png"}
-OK, NOT_OK = "\u2713", "\u2717"  # check mark, ballot x
+TEXT_SUFFIXES = {".py", ".ipynb", ".txt", ".md", ".json"}
+ZIP_NUMBER = "04"  # the assignment text's number for the zip (its folder is _05)
+NAME_LENGTH = 64
+# What cannot stand in a file or folder name somewhere: path separators, what Windows forbids, and the dot, which
+# importlib would read as a package path in the renamed script's name (and Windows drops at a name's end).
+UNSAFE_CHARACTERS = set('/\\:*?"<>|.')
+# Other diffusion implementations. The assignment forbids possessing any implementation but one's own (plagiarism
+# scores zero), so nothing packed may import, cite or name one. Matched ignoring case, "_" also matching "-" or
+# nothing; papers (Improved Denoising Diffusion ...) are not implementations and stay citable.
+OTHER_IMPLEMENTATIONS = ("diffusers", "denoising_diffusion_pytorch", "UNet2DModel", "improved_diffusion",
+                         "guided_diffusion", "score_sde", "k_diffusion", "minDiffusion")
+OTHER_IMPLEMENTATION = re.compile(
+    r"(?<![a-z0-9])(" + "|".join(re.escape(name).replace("_", "[-_]?") for name in OTHER_IMPLEMENTATIONS)
+    + r")(?![a-z0-9])", re.IGNORECASE)
+NOTEBOOK_TIMEOUT = 1800  # seconds per cell: all T DDPM steps on a slow CPU
+OK, NOT_OK, NOT_CHECKED = "\u2713", "\u2717", "-"  # check mark, ballot x, and a dash for what could not be checked
 
 
 class PackagingError(Exception):
@@ -60,6 +89,7 @@ class Submission:
     """The names the assignment derives from the student's first name and roll number."""
     first_name: str
     roll_number: str
+    zip_number: str = ZIP_NUMBER
 
     @property
     def module(self):
@@ -79,26 +109,45 @@ class Submission:
 
     @property
     def zip_name(self):
-        return f"{self.folder}.zip"
+        return f"{self.first_name}_{self.roll_number}_{self.zip_number}.zip"
 
 
 def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def dataset_dir(root):
-    """The photo set sits beside the repository (../shared/data/animals) and must never be shipped."""
-    return Path(root).resolve().parent / "shared" / "data" / "animals"
+def default_dataset(root):
+    """The photo set beside the repository (../shared/data/animals), if it is there; it must never be shipped."""
+    path = Path(root).resolve().parent / "shared" / "data" / "animals"
+    return path if path.is_dir() else None
 
 
 # Rules on the repository -----------------------------------------------------------------------------------------
 
+def is_unsafe(character):
+    # category C: control, format, unassigned and private-use characters
+    return character in UNSAFE_CHARACTERS or character.isspace() or unicodedata.category(character)[0] == "C"
+
+
+def name_problem(value, example):
+    """Why value cannot stand in the package's file names, with a suggestion; None if it can."""
+    if not value:
+        return f"it is empty; e.g. {example}"
+    if len(value) > NAME_LENGTH:
+        return f"it is longer than {NAME_LENGTH} characters; shorten it"
+    bad = next((c for c in value if is_unsafe(c)), None)
+    if bad is None:
+        return None
+    suggestion = re.sub("-+", "-", "".join("-" if is_unsafe(c) else c for c in value)).strip("-")
+    return f"it contains {bad!r}, which cannot stand in a file name; try {suggestion or example}"
+
+
 def name_violations(sub):
     found = []
-    if not re.fullmatch(r"[A-Za-z]{1,40}", sub.first_name):
-        found.append(f"invalid first name {sub.first_name!r}: use 1-40 letters A-Z, nothing else")
-    if not re.fullmatch(r"[A-Za-z0-9]{1,20}", sub.roll_number):
-        found.append(f"invalid roll number {sub.roll_number!r}: use 1-20 letters and digits, nothing else")
+    for label, value, example in (("first name", sub.first_name, "Ada"), ("roll number", sub.roll_number, "i21-0001")):
+        problem = name_problem(value, example)
+        if problem:
+            found.append(f"invalid {label} {value!r}: {problem}")
     return found
 
 
@@ -107,7 +156,7 @@ def find_report(root):
 
 
 def missing_files(root):
-    found = [f"missing file: {name}" for name in (SCRIPT, NOTEBOOK, README, REQUIREMENTS, MODEL)
+    found = [f"missing file: {name}" for name in (SCRIPT, NOTEBOOK, README_TEMPLATE, MODEL)
              if not (root / name).is_file()]
     if not (root / ALLCODE).is_file():
         found.append(f"missing file: {ALLCODE} (build it: python tools/build_allcode.py)")
@@ -210,17 +259,12 @@ def stage_notebook(root, folder, sub):
     allcode.write(folder / NOTEBOOK, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
 
 
-def stage_copies(root, folder):
-    shutil.copy2(root / REQUIREMENTS, folder / REQUIREMENTS)
-    shutil.copytree(root / MODELS, folder / MODELS, ignore=shutil.ignore_patterns(".*", "__pycache__"))
-
-
 def stage(root, folder, sub):
-    """Everything but the report, which is built last (it is the slow step): [violations]."""
+    """Everything but the report and the notebook's outputs, which take long: [violations]."""
     folder.mkdir(parents=True)
     stage_renamed(root, folder, SCRIPT, sub.script, sub)  # the script names itself in its usage lines
-    stage_renamed(root, folder, README, README, sub)
-    stage_copies(root, folder)
+    stage_renamed(root, folder, README_TEMPLATE, README, sub)
+    shutil.copytree(root / MODELS, folder / MODELS, ignore=shutil.ignore_patterns(".*", "__pycache__"))
     found = []
     for step in (stage_allcode, stage_notebook):
         try:
@@ -233,8 +277,8 @@ def stage(root, folder, sub):
 # Rules on the package --------------------------------------------------------------------------------------------
 
 def dataset_photos(dataset):
-    """{(size, sha256)} of the dataset's images; empty where the dataset is absent."""
-    if not dataset.is_dir():
+    """{(size, sha256)} of the dataset's images; empty where there is no dataset."""
+    if dataset is None:
         return set()
     return {(path.stat().st_size, sha256(path)) for path in dataset.rglob("*")
             if path.is_file() and path.suffix.lower() in DATASET_SUFFIXES}
@@ -253,6 +297,37 @@ def photo_violations(folder, photos):
     return found
 
 
+def package_texts(folder):
+    """(label, lines) of every text the package holds; Report.pdf's as pypdf reads it, page by page."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if path.suffix == ".pdf":
+            for number, page in enumerate(pypdf.PdfReader(path).pages, 1):
+                yield f"{name} page {number}", (page.extract_text() or "").splitlines()
+        elif path.suffix in TEXT_SUFFIXES:
+            yield name, path.read_text(encoding="utf-8").splitlines()
+
+
+def mentions(folder, pattern):
+    """'FILE line N: what' for each match of pattern in the package's texts."""
+    return [f"{label} line {number}: {match.group(0)}" for label, lines in package_texts(folder)
+            for number, line in enumerate(lines, 1) for match in pattern.finditer(line)]
+
+
+def implementation_violations(folder):
+    return [f"names another diffusion implementation, which the package must not hold or cite: {where}"
+            for where in mentions(folder, OTHER_IMPLEMENTATION)]
+
+
+def layout_violations(folder, sub):
+    """The zip's root holds exactly what the assignment asks for; anything else (a __pycache__ the notebook left,
+    a requirements file) is refused."""
+    expected = {sub.script, sub.allcode, NOTEBOOK, REPORT, README, MODELS}
+    found = {path.name for path in folder.iterdir()}
+    return ([f"missing from the package: {name}" for name in sorted(expected - found)]
+            + [f"not part of the submission, in the package: {name}" for name in sorted(found - expected)])
+
+
 def code_violations(folder, sub):
     """The renamed script must still be valid Python (the rename touches identifiers only if it mentions them)."""
     try:
@@ -262,18 +337,26 @@ def code_violations(folder, sub):
     return []
 
 
+def package_violations(folder, sub, photos):
+    return photo_violations(folder, photos) + code_violations(folder, sub) + implementation_violations(folder)
+
+
 # The report ------------------------------------------------------------------------------------------------------
 
-def report_builder_takes_names(root):
-    """Whether tools/make_report.py exists and accepts --name, --roll-number and --out."""
+def report_builder_takes(root, *flags):
+    """Whether tools/make_report.py exists and defines each flag (an argparse string "--flag")."""
     builder = root / REPORT_BUILDER
-    return builder.is_file() and all(flag in builder.read_text(encoding="utf-8") for flag in REPORT_FLAGS)
+    return builder.is_file() and all(f'"{flag}"' in builder.read_text(encoding="utf-8") for flag in flags)
 
 
-def build_report(root, first_name, roll_number, out):
-    """Report.pdf with the name and roll number filled in, by the report builder."""
-    command = [sys.executable, str(root / REPORT_BUILDER), "--name", first_name, "--roll-number", roll_number,
-               "--out", str(out)]
+def build_report(root, sub, out, data_dir):
+    """Report.pdf with the name and roll number filled in, by the report builder; given a dataset, with a real
+    photo where the builder can show one."""
+    command = [sys.executable, str(root / REPORT_BUILDER), "--name", sub.first_name, "--roll-number",
+               sub.roll_number, "--out", str(out)]
+    if data_dir and report_builder_takes(root, REPORT_DATA_FLAG):
+        command += [REPORT_DATA_FLAG, str(data_dir)]
+    print(f"building {REPORT}: {' '.join(command[1:])}", flush=True)
     done = subprocess.run(command, cwd=root, capture_output=True, text=True)
     if done.returncode != 0 or not Path(out).is_file():
         last = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
@@ -285,14 +368,42 @@ def warn_loudly(lines):
     print("\n".join([bar, *(f"WARNING: {line}" for line in lines), bar]), file=sys.stderr)
 
 
-def stage_report(root, folder, sub):
+def stage_report(root, folder, sub, data_dir):
     out = folder / REPORT
-    if report_builder_takes_names(root):
-        build_report(root, sub.first_name, sub.roll_number, out)
+    if report_builder_takes(root, *REPORT_FLAGS):
+        build_report(root, sub, out, data_dir)
         return
     warn_loudly([f"{REPORT_BUILDER} is missing or lacks {', '.join(REPORT_FLAGS)}.",
                  f"{REPORT} is shipped UNCHANGED: your name and roll number are NOT on its title page."])
     shutil.copy2(find_report(root), out)
+
+
+# The notebook ----------------------------------------------------------------------------------------------------
+
+def run_notebook(folder):
+    """Runs the staged notebook where the examiner would, in the package's folder (so it imports the renamed
+    script and loads saved_models/ from there), and saves it with its outputs: seconds taken."""
+    path = folder / NOTEBOOK
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=NOTEBOOK_TIMEOUT, kernel_name="python3",
+                                     resources={"metadata": {"path": str(folder)}})
+    print(f"running {NOTEBOOK} in the package (all T denoising steps: a minute or so on a CPU)", flush=True)
+    start = time.monotonic()
+    try:
+        client.execute(env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # no __pycache__ in the package
+    except (nbclient.exceptions.CellControlSignal, nbclient.exceptions.DeadKernelError) as error:
+        # a failed cell's str() is its whole coloured traceback; a timeout's or a dead kernel's, one line
+        reason = f"{error.ename}: {error.evalue}" if hasattr(error, "ename") else str(error).strip().splitlines()[0]
+        raise PackagingError(f"{NOTEBOOK} fails when run in the package: {reason}") from None
+    nbformat.write(notebook, path)
+    return time.monotonic() - start
+
+
+def notebook_images(path):
+    """How many images the saved notebook shows."""
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    return sum("image/png" in output.get("data", {}) for cell in notebook["cells"]
+               for output in cell.get("outputs", []))
 
 
 # Zip and checklist -----------------------------------------------------------------------------------------------
@@ -324,13 +435,6 @@ def add_to_zip(zf, item, name):
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def pdf_pages(path):
-    """Page objects counted in the raw bytes ('/Type /Page', not '/Pages'); None if they sit in compressed
-    object streams, where counting would need a PDF library."""
-    count = len(re.findall(rb"/Type\s*/Page(?![A-Za-z])", Path(path).read_bytes()))
-    return count or None
-
-
 def identifiers(tree, strings=False):
     """Every name the code uses or defines, attributes included; with strings, also string constants that are
     identifiers (the schedule stores its tensors under string keys)."""
@@ -358,59 +462,76 @@ def config_default(tree, field):
     return None
 
 
-def notebook_imports(path, module):
-    """Whether a code cell imports module, by `from/import` or by importlib.import_module("module")."""
-    cells = allcode.notebook_code_cells(path)
-    pattern = re.compile(rf"^\s*(from|import)\s+{re.escape(module)}\b|import_module\(\s*[\"']{re.escape(module)}[\"']",
-                         re.M)
-    return any(pattern.search(source) for _, source in cells)
-
-
 def file_size(path):
     size = Path(path).stat().st_size
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
-def checklist(folder, sub, photo_count):
-    """[(passed, line)] for the assignment's conventions, read from the staged package."""
+def dataset_item(photos, data_dir):
+    """(passed, line) for the copies of dataset photos; passed is None where there was no dataset to compare."""
+    if photos:
+        return True, f"no copies of the {len(photos)} dataset photos in {data_dir}"
+    where = f"no images in {data_dir}" if data_dir else "no dataset found"
+    return None, f"copies of dataset photos: not checked ({where}; pass --data-dir PATH)"
+
+
+def checklist(folder, sub, photos, data_dir, notebook_seconds):
+    """[(mark, line)] for the assignment's conventions, read from the staged package."""
     tree = ast.parse((folder / sub.script).read_text(encoding="utf-8"))
     names, keys = identifiers(tree), identifiers(tree, strings=True)
     python = sorted(path.name for path in folder.glob("*.py"))
     models = sorted(folder.glob(f"{MODELS}/*.pt"))
-    pages = pdf_pages(folder / REPORT)
-    requirements = [line for line in (folder / REQUIREMENTS).read_text().splitlines()
-                    if line.strip() and not line.startswith("#")]
+    images = notebook_images(folder / NOTEBOOK)
+    old_names = mentions(folder, re.compile(re.escape(allcode.module_name(SCRIPT))))
     timesteps = config_default(tree, "timesteps")
     mse = sorted(names & {"MSELoss", "mse_loss"})
-    photos = f"compared with the {photo_count} dataset photos" if photo_count else "dataset folder not found here"
-    return [
-        (True, f"file names: {sub.zip_name} -> {sub.folder}/ with {sub.script}, {sub.allcode}, {NOTEBOOK}, "
-               f"{REPORT}, {README}, {REQUIREMENTS}, {MODELS}/"),
+    items = [
+        (True, f"file names: {sub.zip_name} -> {sub.folder}/ holding exactly {sub.script}, {sub.allcode}, "
+               f"{NOTEBOOK}, {REPORT}, {README}, {MODELS}/"),
         (python == sorted([sub.script, sub.allcode]), f"two Python files: {', '.join(python)}"),
-        (notebook_imports(folder / NOTEBOOK, sub.module), f"notebook {NOTEBOOK} present and imports {sub.module}"),
+        (images > 0, f"notebook {NOTEBOOK} ran in the package against {sub.script} in {notebook_seconds:.0f} s, "
+                     f"saved with its outputs ({images} images)"),
         (bool(models), "saved model: " + (", ".join(f"{p.relative_to(folder)} ({file_size(p)})" for p in models)
                                           or "none")),
-        (True, f"report {REPORT} present ({f'{pages} pages' if pages else 'page count not readable'}, "
+        (True, f"report {REPORT} present ({len(pypdf.PdfReader(folder / REPORT).pages)} pages, "
                f"{file_size(folder / REPORT)})"),
-        (True, f"all-code file current: {sub.allcode} rebuilt from the sources, compiles; {ALLCODE} is current"),
-        (True, f"no dataset images: no .jpg/.jpeg files, no copies of a photo ({photos})"),
-        (bool(requirements), f"{REQUIREMENTS} present ({len(requirements)} packages)"),
+        (True, f"all-code file: {sub.allcode} holds {sub.script} and the notebook's code cells, compiles; "
+               f"{ALLCODE} is current"),
+        (not old_names, f"the script is called {sub.script} everywhere"
+                        + (f" (not in {old_names[0]}, and {len(old_names) - 1} more)" if old_names else "")),
+        (True, f"no other diffusion implementation named anywhere in the package ({', '.join(OTHER_IMPLEMENTATIONS)})"),
+        (True, "no .jpg/.jpeg files in the package"),
+        dataset_item(photos, data_dir),
         (timesteps == 1000, f"T = 1000 by default in {sub.script} (Config.timesteps = {timesteps})"),
         (not mse, f"no nn.MSELoss / F.mse_loss in {sub.script}" + (f" (found: {', '.join(mse)})" if mse else "")),
         ({"q_sample", "alphas_cumprod"} <= keys, f"q_sample and alphas_cumprod present in {sub.script}"),
     ]
+    return [({True: OK, False: NOT_OK, None: NOT_CHECKED}[passed], line) for passed, line in items]
 
 
 # Command line ----------------------------------------------------------------------------------------------------
 
+def composed(name):
+    """One spelling of Zoë in the file names, however it was typed (macOS may give e + combining diaeresis)."""
+    return unicodedata.normalize("NFC", name)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--first-name", required=True, help="letters only, e.g. Ada")
-    p.add_argument("--roll-number", required=True, help="letters and digits only, e.g. 21L1234")
+    p.add_argument("--first-name", required=True, type=composed, help="as written, e.g. Ada, Zoë or Mary-Jane")
+    p.add_argument("--roll-number", required=True, type=composed, help="as written, e.g. i21-0001 or 21L1234")
+    p.add_argument("--zip-number", default=ZIP_NUMBER, choices=("04", "05"),
+                   help="the number in the zip's name; the folder inside is always _05 (default: %(default)s, as "
+                        "the assignment text names the zip)")
+    p.add_argument("--data-dir", type=Path, help="the dataset, checked for photos in the package and passed to the "
+                                                 "report builder (default: ROOT/../shared/data/animals if present)")
     p.add_argument("--out-dir", type=Path, help="where the zip goes (default: ROOT/dist)")
     p.add_argument("--root", type=Path, default=ROOT, help="the repository to package (default: this one)")
     args = p.parse_args(argv)
+    if args.data_dir and not args.data_dir.is_dir():
+        p.error(f"--data-dir {args.data_dir}: no such folder")
     args.root = args.root.resolve()
+    args.data_dir = args.data_dir.resolve() if args.data_dir else default_dataset(args.root)
     args.out_dir = args.out_dir or args.root / "dist"
     return args
 
@@ -421,39 +542,55 @@ def refuse(sub, violations):
     return 1
 
 
-def package(root, sub, out_dir):
+def stage_slow_parts(root, folder, sub, photos, data_dir):
+    """The report and the notebook's run, each followed by the rules on what it added: ([violations], seconds the
+    notebook took)."""
+    stage_report(root, folder, sub, data_dir)
+    violations = package_violations(folder, sub, photos)
+    if violations:
+        return violations, None  # refused before the notebook's minute
+    seconds = run_notebook(folder)
+    return package_violations(folder, sub, photos) + layout_violations(folder, sub), seconds
+
+
+def package(root, sub, out_dir, data_dir=None):
     """Builds the zip: (path or None, [violations], checklist)."""
     names, missing = name_violations(sub), missing_files(root)
     violations = (names + missing + root_python_violations(root) + allcode_violations(root)
                   + report_freshness_violations(root))
     if names or missing:
         return None, violations, []  # no name to stage the package under, or nothing to stage
-    photos = dataset_photos(dataset_dir(root))
+    photos = dataset_photos(data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / sub.folder
         violations += stage(root, folder, sub)
-        violations += photo_violations(folder, photos) + code_violations(folder, sub)
+        violations += package_violations(folder, sub, photos)
         if violations:
-            return None, violations, []
+            return None, violations, []  # refused before the slow steps
         try:
-            stage_report(root, folder, sub)
+            violations, seconds = stage_slow_parts(root, folder, sub, photos, data_dir)
         except PackagingError as error:
-            return None, [str(error)], []
-        violations = photo_violations(folder, photos)  # the report builder wrote a file too
+            violations = [str(error)]
         if violations:
             return None, violations, []
-        items = checklist(folder, sub, len(photos))
+        items = checklist(folder, sub, photos, data_dir, seconds)
         return write_zip(folder, Path(out_dir) / sub.zip_name), [], items
+
+
+def zip_number_note(sub):
+    return (f"note: the assignment text names the zip FirstName_RollNumber_04.zip but its folder "
+            f"FirstName_RollNumber_05/; this zip is {sub.zip_name} (--zip-number 04 or 05 sets its number)")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    sub = Submission(args.first_name, args.roll_number)
-    path, violations, items = package(args.root, sub, args.out_dir)
+    sub = Submission(args.first_name, args.roll_number, args.zip_number)
+    path, violations, items = package(args.root, sub, args.out_dir, args.data_dir)
     if violations:
         return refuse(sub, violations)
-    for passed, line in items:
-        print(f"{OK if passed else NOT_OK} {line}")
+    for mark, line in items:
+        print(f"{mark} {line}")
+    print(zip_number_note(sub))
     print(f"wrote {path}")
     return 0
 
