@@ -527,9 +527,7 @@ def autocast_dtype(precision, device):
     """The reduced precision to compute in, or None for fp32. 'auto': bf16 where the GPU has bf16 tensor cores
     (Ampere and newer), fp16 on older GPUs (T4, P100, V100: emulated bf16 is slower than fp32), fp32 on CPUs and
     Apple GPUs."""
-    if precision == "fp32" or device.type == "mps":
-        return None
-    if precision == "auto" and device.type != "cuda":
+    if precision == "fp32" or device.type == "mps" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
@@ -1245,49 +1243,65 @@ def denoising_loss_grid(model, schedule, images, labels, points=10, seed=0, batc
         per_t[t_now + 1] = total / len(images)
     return sum(per_t.values()) / len(per_t), per_t
 
+def image_distances(images, train_images):
+    """RMS pixel distance from each image to each training image, [len(images), len(train_images)]; a training
+    image counts with its mirror image, since training flips."""
+    flat = images.flatten(1).float()
+    candidates = torch.stack([train_images, train_images.flip(-1)]).flatten(2).float()  # [2, N, D]
+    return torch.cdist(flat[None].expand(2, -1, -1), candidates).amin(0) / math.sqrt(flat.shape[1])
+
+def leave_one_out_distances(train_images):
+    """Each training image's distance to the nearest of the others: where a new real photo would sit."""
+    return image_distances(train_images, train_images).fill_diagonal_(math.inf).amin(1)
+
 def nearest_training_images(samples, train_images):
-    """For each sample: RMS pixel distance to its nearest and second-nearest training image (a training image
-    counts with its mirror image, since training flips), and their indices."""
-    candidates = torch.stack([train_images, train_images.flip(-1)]).flatten(2)  # [2, N, D]
-    flat = samples.flatten(1)
-    dists = torch.cdist(flat[None].expand(2, -1, -1).float(), candidates.float()).amin(0) / math.sqrt(flat.shape[1])
-    nearest = dists.topk(2, dim=1, largest=False)
+    """For each sample: RMS pixel distance to its nearest and second-nearest training image, and their indices."""
+    nearest = image_distances(samples, train_images).topk(2, dim=1, largest=False)
     return nearest.values, nearest.indices
 
 def memorisation_rate(distances):
     """Share of samples whose nearest training image is closer than 1/3 of the second nearest (Gu et al. 2023)."""
     return float((distances[:, 0] < distances[:, 1] / 3).float().mean())
 
-def nearest_neighbour_summary(distances, indices):
-    """The numbers of the nearest-neighbour test, from nearest_training_images' distances and indices."""
-    return {"nearest_distance_mean": float(distances[:, 0].mean()),
-            "nearest_distance_min": float(distances[:, 0].min()),
-            "memorisation_rate": memorisation_rate(distances),
-            # fewer distinct nearest photos than samples: several noises end at the same photo (mode collapse)
-            "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
+def nearest_neighbour_summary(distances, indices, reference, asked=None, photo_labels=None):
+    """The numbers of the nearest-neighbour test. The yardstick is `reference`, the photos' leave-one-out
+    distances (how far a new real photo sits from the set): novelty is the samples' median distance over the
+    reference's median (about 1 for new photos, 0 for copies), and a sample closer than the reference's 5th
+    percentile counts as a copy. With the asked classes, the share of samples whose nearest photo is of that class."""
+    nearest = distances[:, 0]
+    summary = {"nearest_distance_mean": float(nearest.mean()), "nearest_distance_min": float(nearest.min()),
+               "nearest_distance_median": float(nearest.median()), "leave_one_out_median": float(reference.median()),
+               "novelty": float(nearest.median() / reference.median()),
+               "copy_share": float((nearest < reference.quantile(0.05)).float().mean()),
+               "memorisation_rate": memorisation_rate(distances),
+               # fewer distinct nearest photos than samples: several noises end at the same photo (mode collapse)
+               "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
+    if asked is not None:
+        summary["asked_class_share"] = float((photo_labels[indices[:, 0]] == asked).float().mean())
+    return summary
 
 def training_images(data_dir, cfg):
-    """The photos a model was trained on, unflipped, in [-1, 1], and their labels (None for an unconditional model)."""
+    """The photos a model was trained on, unflipped, in [-1, 1], and their class labels."""
     data = AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, flip=False)
-    return to_model_range(data.images), data.labels if cfg.conditional else None
+    return to_model_range(data.images), data.labels
 
 def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, sampler="ddim", steps=50,
              guidance=None, loss_points=10, seed=0):
-    """Loss on a fixed t grid and memorisation of a checkpoint: the numbers, also written to out_json."""
+    """A checkpoint's loss on a fixed t grid, and how new its samples are (the classes in turn, nearest-neighbour
+    test against the training photos): the numbers, also written to out_json."""
     model, schedule, cfg = load_model(checkpoint, pick_device(device))
     check_guidance(guidance, cfg)
     images, labels = training_images(data_dir, cfg)
     loss, loss_per_t = denoising_loss_grid(model, schedule, images, labels, loss_points, seed)
-    guidance = guidance_for(cfg, guidance)
-    samples = torch.cat([chunk for _, chunk in sample_in_chunks(model, schedule, cfg, class_labels(cfg, num_samples),
-                                                                num_samples, seed=seed, sampler=sampler, steps=steps,
-                                                                guidance=guidance)])
+    guidance, asked = guidance_for(cfg, guidance), class_labels(cfg, num_samples)
+    samples = torch.cat([chunk for _, chunk in sample_in_chunks(model, schedule, cfg, asked, num_samples, seed=seed,
+                                                                sampler=sampler, steps=steps, guidance=guidance)])
     distances, indices = nearest_training_images(samples, images)
     result = {"checkpoint": str(checkpoint), "step": load_checkpoint(checkpoint).get("step"),
               "classes": cfg.classes, "train_images": len(images),
               "denoising_loss": loss, "denoising_loss_per_t": loss_per_t,
               "samples": num_samples, "sampler": sampler, "steps": steps, "guidance": guidance,
-              **nearest_neighbour_summary(distances, indices)}
+              **nearest_neighbour_summary(distances, indices, leave_one_out_distances(images), asked, labels)}
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))
@@ -1357,7 +1371,7 @@ def build_parser():
     p.add_argument("--out", default="forward_process.png", help="default: %(default)s")
     p.set_defaults(run=cmd_forward)
 
-    p = commands.add_parser("evaluate", help="denoising loss and memorisation of a checkpoint")
+    p = commands.add_parser("evaluate", help="denoising loss and novelty of the samples of a checkpoint")
     add_sampling_options(p)
     p.add_argument("--data-dir", required=True, help="the training data folder")
     p.add_argument("--num-samples", type=positive_int, default=50, help="samples for the nearest-neighbour test")

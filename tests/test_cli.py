@@ -174,7 +174,9 @@ def test_evaluate_writes_metrics_json(cli):
     results, tmp = cli
     out, _ = ok(results["evaluate"])
     metrics = json.loads((tmp / "metrics.json").read_text())
-    assert {"denoising_loss", "denoising_loss_per_t", "memorisation_rate"} <= metrics.keys()
+    assert {"denoising_loss", "denoising_loss_per_t", "memorisation_rate", "novelty", "copy_share",
+            "leave_one_out_median", "asked_class_share"} <= metrics.keys()
+    assert metrics["novelty"] == pytest.approx(metrics["nearest_distance_median"] / metrics["leave_one_out_median"])
     assert metrics["denoising_loss"] > 0
     assert 0 <= metrics["memorisation_rate"] <= 1
     assert 1 <= metrics["nearest_photos_distinct"] <= metrics["samples"]

@@ -49,3 +49,53 @@ def test_nearest_training_image_of_a_copy_is_at_distance_zero():
 def test_memorisation_rate_counts_samples_much_closer_to_one_training_image():
     distances = torch.tensor([[0.1, 0.5], [0.2, 0.5], [0.4, 0.5], [0.0, 0.3]])
     assert ddpm.memorisation_rate(distances) == 0.5  # 0.1 < 0.5/3 and 0.0 < 0.3/3; 0.2 and 0.4 are not
+
+
+# --- novelty: samples against the photos' own leave-one-out distances --------------------------------------
+
+def clustered_images(n, seed=0, classes=5):
+    """Images of `classes` kinds: a base image each plus noise of their own, like photos of a few animals."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(classes, 3, 8, 8, generator=gen) * 2 - 1
+    images = (base.repeat(n // classes, 1, 1, 1) + 0.5 * torch.randn(n, 3, 8, 8, generator=gen)).clamp(-1, 1)
+    return images, torch.arange(n) % classes
+
+
+def summary_of(samples, train, asked=None, photo_labels=None):
+    reference = ddpm.leave_one_out_distances(train)
+    return ddpm.nearest_neighbour_summary(*ddpm.nearest_training_images(samples, train), reference, asked, photo_labels)
+
+
+def test_leave_one_out_distance_is_to_the_nearest_other_photo():
+    train = torch.stack([torch.zeros(3, 4, 4), torch.full((3, 4, 4), 1.0), torch.full((3, 4, 4), 0.4)])
+    assert ddpm.leave_one_out_distances(train).tolist() == pytest.approx([0.4, 0.6, 0.4])  # never 0: itself is out
+
+
+def test_copies_have_novelty_near_zero_and_all_count_as_copies():
+    train, labels = clustered_images(50)
+    samples = torch.cat([train[:5], train[5:10].flip(-1)])  # five copies, five mirrored copies
+    summary = summary_of(samples, train, labels[:10], labels)
+    assert summary["novelty"] < 1e-3 and summary["copy_share"] == 1.0
+    assert summary["asked_class_share"] == 1.0 and summary["nearest_photos_distinct"] == 10
+
+
+def test_held_back_photos_of_the_same_kinds_have_novelty_near_one():
+    images, labels = clustered_images(60)
+    summary = summary_of(images[50:], images[:50], labels[50:], labels[:50])
+    assert 0.9 < summary["novelty"] < 1.1
+    assert summary["copy_share"] <= 0.2
+
+
+def test_class_share_counts_samples_whose_nearest_photo_is_of_the_asked_class():
+    train, labels = clustered_images(50)
+    asked = torch.tensor([0, 1, 2, 4])  # copies of photos 0, 1, 2 (classes 0-2) and 8 (class 3, not 4)
+    summary = summary_of(train[torch.tensor([0, 1, 2, 8])], train, asked, labels)
+    assert summary["asked_class_share"] == 0.75
+
+
+def test_held_back_real_photos_have_novelty_near_one(real_animals):
+    data = ddpm.AnimalPhotos(real_animals, ["Dolphin", "Giraffe", "Panda", "Zebra"], 4, 20, 32, flip=False)
+    images, labels = ddpm.to_model_range(data.images), data.labels
+    held = torch.arange(len(images)) % 20 >= 16  # the last 4 photos of each class
+    summary = summary_of(images[held], images[~held])
+    assert 0.75 < summary["novelty"] < 1.25

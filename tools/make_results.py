@@ -92,13 +92,15 @@ def guidance_comparison(model, schedule, cfg, out, seed, scales=(1.0, 2.0, 3.0, 
 def memorisation_by_guidance(model, schedule, cfg, data_dir, seed, scales=(1.0, 1.5, 2.0, 3.0), num_samples=50):
     """The evaluation's nearest-neighbour test on its 50 DDIM-50 samples at each guidance scale, and once more at
     the default scale with DDIM's noise switched on (eta 1, stochastic like DDPM): how sampling changes copying."""
-    images, _ = ddpm.training_images(data_dir, cfg)
+    images, photo_labels = ddpm.training_images(data_dir, cfg)
+    reference = ddpm.leave_one_out_distances(images)
     noise, labels = ddpm.seeded_noise(num_samples, cfg.image_size, seed), ddpm.class_labels(cfg, num_samples)
     runs = [(f"{scale:g}", scale, 0.0) for scale in scales] + [(f"{ddpm.DEFAULT_GUIDANCE:g}, eta 1", ddpm.DEFAULT_GUIDANCE, 1.0)]
     results = {}
     for name, scale, eta in runs:
         samples, _ = timed_samples(model, schedule, cfg, noise, labels, "ddim", 50, scale, seed, eta)
-        summary = ddpm.nearest_neighbour_summary(*ddpm.nearest_training_images(samples, images))
+        summary = ddpm.nearest_neighbour_summary(*ddpm.nearest_training_images(samples, images), reference, labels,
+                                                 photo_labels)
         results[name] = {k: summary[k] for k in ("memorisation_rate", "nearest_distance_mean",
                                                  "nearest_photos_distinct")}
     return results
@@ -135,18 +137,15 @@ def default_run(run_dir, path, grids=4):
             "grid_seconds": {str(step): round(s, 1) for step, s in seconds.items()}}
 
 
-def plot_nearest_neighbours(samples, distances, path, train_images=None, indices=None):
-    """Samples with their nearest-neighbour distances; with train_images, the nearest photo beside each.
-    (Keep figures that show dataset photos out of the repository: their licence is unknown.)"""
+def plot_nearest_neighbours(samples, distances, path):
+    """Samples with their nearest-neighbour distances, and the histogram of d1 / d2 with Gu et al.'s 1/3 line.
+    (Generated images only: the dataset's photos have an unknown licence.)"""
     plt = ddpm.pyplot()
     n = min(8, len(samples))
-    cols = 2 if train_images is not None else 1
-    fig, axes = plt.subplots(cols, n + 1, figsize=(1.6 * (n + 1), 1.9 * cols), squeeze=False)
+    fig, axes = plt.subplots(1, n + 1, figsize=(1.6 * (n + 1), 1.9), squeeze=False)
     for i in range(n):
         axes[0, i].imshow(ddpm.to_display(samples[i]))
         axes[0, i].set_title(f"d1={distances[i, 0]:.2f}\nd2={distances[i, 1]:.2f}", fontsize=8)
-        if train_images is not None:
-            axes[1, i].imshow(ddpm.to_display(train_images[indices[i, 0]]))
     ratio = (distances[:, 0] / distances[:, 1]).numpy()
     for ax in axes.flat:
         ax.axis("off")
@@ -157,9 +156,6 @@ def plot_nearest_neighbours(samples, distances, path, train_images=None, indices
     hist.tick_params(labelsize=7)
     ddpm.save_figure(fig, path)
 
-def training_images(data_dir, cfg):
-    """The photos a model was trained on, unflipped, in [-1, 1], and their labels (None for an unconditional model)."""
-    data = AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, flip=False)
 
 
 def full_evaluation(path, data_dir, seed=0, figure=None):
