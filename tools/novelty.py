@@ -11,6 +11,7 @@ share whose nearest photo is of the class asked for. Writes the figure and a JSO
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,10 +46,10 @@ def plot(results, path):
         scales = [float(s) for s in by_scale]
         for ax, key in zip(axes, ("novelty", "copy_share", "asked_class_share")):
             ax.plot(scales, [by_scale[s][key] for s in by_scale], "o-", label=name)
-    titles = ("novelty (1 = as far as a new real photo)", "copies (closer than the leave-one-out 5th percentile)",
-              "nearest photo of the asked class")
+    titles = ("novelty (1: like a new real photo)", "copy share", "nearest photo of the asked class")
     for ax, title in zip(axes, titles):
-        ax.set(xlabel="guidance scale", title=title)
+        ax.set(xlabel="guidance scale", ylim=(0, 1.05))
+        ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
     axes[0].axhline(1.0, color="grey", linestyle=":")
     ddpm.save_figure(fig, path)
@@ -68,7 +69,8 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "novelty_vs_guidance.png")
     (args.out / "novelty_by_guidance.json").write_text(json.dumps(
-        {"per_class": args.per_class, "sampler": "ddim", "steps": 50, "models": models, "results": results}, indent=2))
+        {"per_class": args.per_class, "sampler": "ddim", "steps": 50,
+         "models": {name: os.path.relpath(path, ROOT) for name, path in models.items()}, "results": results}, indent=2))
     print(f"wrote {args.out / 'novelty_vs_guidance.png'}", file=sys.stderr)
 
 
