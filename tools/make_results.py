@@ -1,6 +1,7 @@
 """Rebuilds results/ (figures and metrics.json) from the shipped model and its training runs.
 
-    python tools/make_results.py --run runs/ship --sweep runs/lrexp_3e-3 runs/lrexp_1e-3 runs/lrexp_2e-4 runs/lrexp_5e-5 \
+    python tools/make_results.py --run runs/ship \
+        --sweep runs/lrexp_3e-3 runs/lrexp_1e-3 runs/lrexp_2e-4 runs/lrexp_5e-5 \
         --experiments runs/full2500 runs/dropout3 runs/dropout3_wd --cpu-run runs/cpu_default \
         --gpu-run runs/gpu_default --step-evals runs/ship_evals/*.json --data-dir ../shared/data/animals
 
@@ -34,6 +35,11 @@ def timed_samples(model, schedule, cfg, noise, labels, sampler, steps=50, guidan
     images = ddpm.generate_from_noise(model, schedule, noise, sampler, steps, eta, labels=labels,
                                       guidance=ddpm.guidance_for(cfg, guidance if cfg.conditional else None), seed=seed)
     return images, time.time() - start
+
+
+def final_mean(rows, key, last=10):
+    """A logged value at the end of a run: its mean over the last `last` log rows, as one row is noisy."""
+    return sum(r[key] for r in rows[-last:]) / len(rows[-last:])
 
 
 def plot_class_grid(rows, row_names, path, title=""):
@@ -131,7 +137,7 @@ def default_run(run_dir, path, grids=4):
     plt.close(fig)
     return {**info, "image_size": cfg["image_size"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
             "epochs": cfg["epochs"], "images_per_s": info["images_seen"] / info["train_seconds"],
-            "final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]),
+            "final_loss": final_mean(rows, "loss"),
             "grid_seconds": {str(int(e * steps_per_epoch)): round(s, 1) for e, s in seconds.items()}}
 
 
@@ -175,7 +181,8 @@ def lr_sweep(sweep_dirs, out):
     for i, (lr, rows, folder) in enumerate(runs):
         steps = int(rows[-1]["step"])
         curves.plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows]), label=f"lr {lr_label(lr)}")
-        summary[f"{lr:g}"] = {"final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]), "steps": steps}
+        summary[f"{lr:g}"] = {"final_loss": final_mean(rows, "loss"), "steps": steps,
+                              "final_loss_per_t_quarter": [final_mean(rows, f"loss_t{q}") for q in range(1, 5)]}
         ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
         ax.imshow(Image.open(folder / "samples" / "final.png"), interpolation="nearest")
         ax.set_title(f"lr {lr_label(lr)}: samples after {steps:,} steps", fontsize=9)
@@ -232,9 +239,8 @@ def shipped_run(args, model, cfg):
                "parameters": ddpm.count_parameters(model),
                "training": json.loads((args.run / "run_info.json").read_text())}
     rows = ddpm.read_log(args.run / "log.csv")
-    metrics["training"]["final_loss"] = sum(r["loss"] for r in rows[-10:]) / len(rows[-10:])
-    metrics["training"]["final_loss_per_t_quarter"] = [sum(r[f"loss_t{q}"] for r in rows[-10:]) / len(rows[-10:])
-                                                       for q in range(1, 5)]
+    metrics["training"]["final_loss"] = final_mean(rows, "loss")
+    metrics["training"]["final_loss_per_t_quarter"] = [final_mean(rows, f"loss_t{q}") for q in range(1, 5)]
     ddpm.plot_loss_curve(rows, args.out / "loss_curve.png")
     return metrics
 
