@@ -7,8 +7,8 @@
 
 --run is the folder `rollNumber_05.py train` wrote for the shipped model (log.csv, run_info.json); the model
 itself is read from --model (default saved_models/ddpm_animals.pt). Each --sweep folder is the same run at another
-learning rate (log.csv, config.json, model.pt, samples/final.png); each --experiments folder another configuration tried (model.pt);
---cpu-run and --gpu-run the default configuration trained on a CPU and on a GPU (log.csv, run_info.json,
+learning rate (log.csv, config.json, run_info.json, model.pt, samples/final.png); each --experiments folder another
+configuration tried (model.pt); --cpu-run and --gpu-run the default configuration trained on a CPU and on a GPU (log.csv, run_info.json,
 samples/); --step-evals the `evaluate` results of the shipped run's earlier checkpoints. --only reruns the
 steps named (e.g. `--only lr-sweep --sweep ...`) and updates the metrics.json already in --out with their keys.
 Figures hold generated images only: the dataset's photos have an
@@ -167,6 +167,17 @@ def lr_label(lr):
     return f"{mantissa}e{int(exponent)}"
 
 
+def sweep_run_summary(rows, folder):
+    """One run of the sweep in numbers: its loss at the end (overall and per quarter of the t range), its lowest
+    loss and when (a run that diverges climbs away from it), and its time."""
+    lowest = min((r for r in rows if math.isfinite(r["loss"])), key=lambda r: r["loss"])
+    info = json.loads((folder / "run_info.json").read_text())
+    return {"steps": int(rows[-1]["step"]), "final_loss": final_mean(rows, "loss"),
+            "final_loss_per_t_quarter": [final_mean(rows, f"loss_t{q}") for q in range(1, 5)],
+            "lowest_loss": lowest["loss"], "lowest_loss_step": int(lowest["step"]),
+            "device": info["device"], "train_seconds": info["train_seconds"]}
+
+
 def lr_sweep(sweep_dirs, out):
     """lr_sweep.png: the loss curves of the same run at each learning rate (left, over both rows), and each run's
     final fixed-noise samples (two rows of grids), so the reader sees what each rate draws."""
@@ -179,13 +190,11 @@ def lr_sweep(sweep_dirs, out):
     curves = fig.add_subplot(grid[:, 0])
     summary = {}
     for i, (lr, rows, folder) in enumerate(runs):
-        steps = int(rows[-1]["step"])
         curves.plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows]), label=f"lr {lr_label(lr)}")
-        summary[f"{lr:g}"] = {"final_loss": final_mean(rows, "loss"), "steps": steps,
-                              "final_loss_per_t_quarter": [final_mean(rows, f"loss_t{q}") for q in range(1, 5)]}
+        summary[f"{lr:g}"] = sweep_run_summary(rows, folder)
         ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
         ax.imshow(Image.open(folder / "samples" / "final.png"), interpolation="nearest")
-        ax.set_title(f"lr {lr_label(lr)}: samples after {steps:,} steps", fontsize=9)
+        ax.set_title(f"lr {lr_label(lr)}: samples after {summary[f'{lr:g}']['steps']:,} steps", fontsize=9)
         ax.axis("off")
     curves.set(xlabel="step", ylabel="training loss (smoothed)", yscale="log", title="training loss")
     curves.legend()
