@@ -8,11 +8,11 @@
 --run is the folder `rollNumber_05.py train` wrote for the shipped model (log.csv, run_info.json); the model
 itself is read from --model (default saved_models/ddpm_animals.pt). Each --sweep folder is the same run at another
 learning rate (log.csv, config.json, run_info.json, model.pt, samples/final.png); each --experiments folder another
-configuration tried (model.pt); --cpu-run and --gpu-run the default configuration trained on a CPU and on a GPU (log.csv, run_info.json,
-samples/); --step-evals the `evaluate` results of the shipped run's earlier checkpoints. --only reruns the
-steps named (e.g. `--only lr-sweep --sweep ...`) and updates the metrics.json already in --out with their keys.
-Figures hold generated images only: the dataset's photos have an
-unknown licence and stay out of the repository.
+configuration tried (model.pt); --cpu-run and --gpu-run the default configuration trained on a CPU and on a GPU
+(log.csv, run_info.json, samples/); --step-evals the `evaluate` results of the shipped run's earlier checkpoints.
+--only reruns the steps named (e.g. `--only lr-sweep --sweep ...`) and updates the metrics.json already in --out
+with their keys. Figures hold generated images only: the dataset's photos have an unknown licence and stay out of
+the repository.
 """
 import argparse
 import json
