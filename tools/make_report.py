@@ -1,6 +1,6 @@
-"""Builds Report.pdf from report/report.md and results/ (figures, metrics.json and the bench_*.json files).
+"""Builds Report.pdf from report/report.md and results/ (figures and metrics.json).
 
-    python tools/make_report.py [--name NAME] [--roll-number ROLL] [--out PATH]
+    python tools/make_report.py [--name NAME] [--roll-number ROLL] [--out PATH] [--data-dir PATH]
 
 Every number in the report is read from results/ when the report is built, so report and results cannot
 disagree. report/report.md is a small markdown subset:
@@ -9,17 +9,24 @@ disagree. report/report.md is a small markdown subset:
     paragraphs, "- " bullets, ``` code blocks, $$ a centred equation line $$, **bold**, *italic*, `code`,
     x~sub~, x^sup^
     ![caption](results/x.png){#fig:name width=0.8}      a numbered figure; @fig:name in the text refers to it
+    ![caption](photos/x.png){#fig:name}                 a figure of training photos: only with --data-dir
     Table: caption {#tab:name}, then | a | b | rows      a numbered table (---: right-aligns a column); @tab:name
     {expression:format}     a value from the results, formatted with Python's format(), e.g. {metrics.parameters:,}
     !let name = expression  a short name for a value, usable in the lines below
     !check expression       a claim the prose makes about the results; the build stops if it is false
     <!-- comment -->        a line left out of the report
 
-Expressions read `metrics` (results/metrics.json) and `bench_cpu`, `bench_cuda`, `bench_cuda_compile`
-(results/bench_*.json): a.b and a["key"] look up keys, a[0] list items, pick(rows, key=value) the one row
-matching; + - * / // ** and comparisons work on numbers; min, max, abs, round, len, str, names (a list as
-"A, B and C") and alpha_bar(t, T, schedule) (the script's own noise schedule) are available. A missing key stops
-the build, naming the placeholder and the keys that do exist; so does a float without a format.
+Expressions read `metrics` (results/metrics.json) and `forward` (the forward-process figure's image and the mean
+and std of its x_T): a.b and a["key"] look up keys, a[0] list items, pick(rows, key=value) the one row matching;
++ - * / // ** and comparisons work on numbers; min, max, abs, round, len, str, names (a list as "A, B and C") and
+alpha_bar(t, T, schedule) (the script's own noise schedule) are available. A missing key stops the build, naming
+the placeholder and the keys that do exist; so does a float without a format.
+
+--data-dir makes the forward-process figure from the first Zebra photo of the training data (the script's
+`forward` command) and draws the photos/ figures, all in a temporary folder. Without it the report shows
+results/forward_process.png, made from a generated image, and leaves the photos/ figures out, because the photos'
+licence keeps them out of the repository. For the same reason a report built with --data-dir must be written
+somewhere other than the repository's own Report.pdf.
 
 Building the repository's own Report.pdf (the default --out) also writes report/built_from.json: the sha256 of
 results/metrics.json (which tools/package_submission.py checks) and of every other input (tests/test_report.py
@@ -34,11 +41,15 @@ import json
 import operator
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib
 from PIL import Image as PILImage
+from PIL import ImageOps
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_CENTER, TA_RIGHT
 from reportlab.lib.pagesizes import A4
@@ -57,8 +68,11 @@ SOURCE = ROOT / "report" / "report.md"
 RESULTS = ROOT / "results"
 DEFAULT_OUT = ROOT / "Report.pdf"
 BUILT_FROM = ROOT / "report" / "built_from.json"
-DATA_FILES = {"metrics": "metrics.json", "bench_cpu": "bench_cpu.json", "bench_cuda": "bench_cuda.json",
-              "bench_cuda_compile": "bench_cuda_compile.json"}
+DATA_FILES = {"metrics": "metrics.json"}
+FORWARD_FIGURE = "forward_process.png"
+FORWARD_CLASS = "Zebra"  # black-and-white stripes: the eye sees them fade step by step
+PHOTO_FIGURES = "photos/"  # figures drawn from --data-dir at build time; a build without it leaves them out
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TITLE = "Generating animal images with a denoising diffusion model"
 MAX_CODE_CHARS = 92  # a code line longer than this would run off the page: the build refuses it
 
@@ -177,10 +191,10 @@ def render_value(inner, data):
         raise ReportError(f"{{{inner}}}: format {spec!r} does not fit {result!r} ({err})") from None
 
 
-def fill_in(lines, data):
+def fill_in(lines, data, source_name=None):
     """Source lines with every {placeholder} replaced; !let lines name a value for the lines below, !check lines
     are verified; both are dropped, as are comments. Errors name the source line."""
-    out, data = [], dict(data)
+    out, data, source_name = [], dict(data), source_name or SOURCE.name
     for number, line in enumerate(lines, 1):
         try:
             if line.startswith("!let "):
@@ -197,13 +211,13 @@ def fill_in(lines, data):
                 continue
             out.append(re.sub(r"\{([^{}#]+)\}", lambda m: render_value(m.group(1), data), line))
         except ReportError as err:
-            raise ReportError(f"{SOURCE.name} line {number}: {err}") from None
+            raise ReportError(f"{source_name} line {number}: {err}") from None
     return out
 
 
-def load_results(results_dir):
+def load_results(results_dir, files=DATA_FILES):
     data = {}
-    for name, file in DATA_FILES.items():
+    for name, file in files.items():
         path = Path(results_dir) / file
         if not path.is_file():
             raise ReportError(f"{path} is missing; rebuild the results (see Readme.txt)")
@@ -250,8 +264,6 @@ def make_styles():
         "title": ParagraphStyle("title", fontName="Sans-Bold", fontSize=22, leading=28, alignment=TA_CENTER),
         "subtitle": ParagraphStyle("subtitle", fontName="Serif-Italic", fontSize=13, leading=18, alignment=TA_CENTER),
         "centre": ParagraphStyle("centre", parent=body, fontSize=12, leading=18, alignment=TA_CENTER),
-        "small": ParagraphStyle("small", parent=body, fontSize=8, leading=10, alignment=TA_CENTER,
-                                textColor=colors.HexColor("#555555")),
         "toc1": ParagraphStyle("toc1", fontName="Sans-Bold", fontSize=11, leading=16, leftIndent=0),
         "toc2": ParagraphStyle("toc2", fontName="Serif", fontSize=10, leading=13, leftIndent=18),
     }
@@ -328,10 +340,19 @@ class Heading(Paragraph):
 
 
 def figure_path(text, results_dir):
-    """Figures come from results/ (or from the results_dir that stands in for it, in the tests)."""
+    """Figures come from results/ (or from the results_dir that stands in for it); photos/ figures from the
+    photos/ folder that a build with --data-dir draws inside it."""
+    if text.startswith(PHOTO_FIGURES):
+        return Path(results_dir) / text
     if not text.startswith("results/"):
         raise ReportError(f"figure {text} is not in results/: the report shows only what results/ holds")
     return Path(results_dir) / text[len("results/"):]
+
+
+def without_photo_figures(lines):
+    """The source lines less the figures that only a build with the training photos can draw."""
+    return [line for line in lines
+            if not ((m := FIGURE.match(line.strip())) and m.group("path").startswith(PHOTO_FIGURES))]
 
 
 def figure(m, refs, styles, width, results_dir):
@@ -513,22 +534,19 @@ class ReportDoc(BaseDocTemplate):
             self.notify("TOCEntry", (flowable.level, flowable.plain, self.page, flowable.key))
 
 
-def title_page(name, roll_number, data, styles, results_dir):
+def title_page(name, roll_number, data, styles):
     m = data["metrics"]
     summary = (f"A denoising diffusion probabilistic model with {m['parameters'] / 1e6:.1f} M parameters, trained on "
                f"{m['evaluation']['train_images']} photos of {names(m['config']['classes'])}, "
                f"draws new {m['config']['image_size']} x {m['config']['image_size']} px animals from pure noise.")
-    return [Spacer(1, 5 * cm), Paragraph(TITLE, styles["title"]), Spacer(1, 0.6 * cm),
+    return [Spacer(1, 1.5 * cm), Paragraph(TITLE, styles["title"]), Spacer(1, 0.6 * cm),
             Paragraph(f"A DDPM trained from scratch on {len(m['config']['classes'])} classes of about "
-                      f"{m['config']['images_per_class']} photos each", styles["subtitle"]), Spacer(1, 2.5 * cm),
+                      f"{m['config']['images_per_class']} photos each", styles["subtitle"]), Spacer(1, 1.5 * cm),
             Paragraph(f"<b>Name:</b> {escape(name)}", styles["centre"]),
             Paragraph(f"<b>Roll number:</b> {escape(roll_number)}", styles["centre"]),
             Spacer(1, 0.4 * cm), Paragraph("Course assignment report", styles["centre"]),
-            Spacer(1, 3 * cm), Paragraph(summary, ParagraphStyle("s", parent=styles["centre"], fontSize=10.5)),
-            Spacer(1, 1 * cm),
-            Paragraph(f"Every number in this report is read from results/ when it is built (tools/make_report.py); "
-                      f"this copy is built from results/metrics.json with sha256 "
-                      f"{sha256(Path(results_dir) / 'metrics.json')[:16]}...", styles["small"])]
+            Spacer(1, 1.5 * cm), Paragraph(summary, ParagraphStyle("s", parent=styles["centre"], fontSize=10.5)),
+            Spacer(1, 1.5 * cm)]
 
 
 def sha256(path):
@@ -539,15 +557,78 @@ def input_files(results_dir):
     """Everything the report is made from: the text, the builder, the JSON results and the figures it shows."""
     lines = join_directives(SOURCE.read_text(encoding="utf-8").splitlines())
     figures = sorted({figure_path(m.group("path"), results_dir)
-                      for line in lines if (m := FIGURE.match(line.strip()))})
+                      for line in without_photo_figures(lines) if (m := FIGURE.match(line.strip()))})
     return [SOURCE, Path(__file__).resolve()] + [Path(results_dir) / f for f in DATA_FILES.values()] + figures
 
 
-def build(out=DEFAULT_OUT, name="[Your Name]", roll_number="[Roll Number]", results_dir=None):
-    """Writes the PDF to `out` from results_dir (default: results/); returns the number of pages."""
+def forward_from_photo(data_dir, cfg, folder):
+    """The forward-process figure of the first FORWARD_CLASS photo in data_dir, drawn by the script's `forward`
+    command into `folder`; returns what the report says about it, with the x_T statistics the command prints."""
+    command = [sys.executable, str(ROOT / "rollNumber_05.py"), "forward", "--data-dir", str(data_dir),
+               "--class-name", FORWARD_CLASS, "--image-size", str(cfg["image_size"]), "--timesteps",
+               str(cfg["timesteps"]), "--schedule", cfg["schedule"], "--out", str(Path(folder) / FORWARD_FIGURE)]
+    run = subprocess.run(command, capture_output=True, text=True)
+    stats = re.search(r"x_T has mean (\S+) and std (\S+)", run.stderr)
+    if run.returncode or not stats:
+        raise ReportError(f"the forward-process figure from {data_dir} failed: {run.stderr.strip()[-300:]}")
+    return {"image": f"the first {FORWARD_CLASS} photo of the training data",
+            "x_T_mean": float(stats.group(1)), "x_T_std": float(stats.group(2).rstrip(";,."))}
+
+
+def photo_grid(data_dir, cfg, path, per_class=10):
+    """The first photos of each class, short side resized and centre-cropped to the training size as in training:
+    the data as the model sees it."""
+    matplotlib.use("Agg")  # files only: works headless and on every OS
+    import matplotlib.pyplot as plt
+    classes, size = cfg["classes"], cfg["image_size"]
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class, len(classes)), squeeze=False)
+    for row, name in zip(axes, classes):
+        if not (Path(data_dir) / name).is_dir():
+            raise ReportError(f"--data-dir {data_dir} has no folder {name}, a class of the shipped model")
+        files = sorted(f for f in (Path(data_dir) / name).iterdir()
+                       if f.suffix.lower() in PHOTO_SUFFIXES and not f.name.startswith("."))
+        for ax, file in zip(row, files):
+            with PILImage.open(file) as img:
+                ax.imshow(ImageOps.fit(ImageOps.exif_transpose(img).convert("RGB"), (size, size),
+                                       method=PILImage.Resampling.BICUBIC))
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+        row[0].set_ylabel(name, fontsize=10)
+    fig.tight_layout(pad=0.3)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def forward_from_results(metrics):
+    """What the report says about the committed forward-process figure, which noises a generated image."""
+    return {"image": "a sample of the trained model",
+            "x_T_mean": metrics["x_T_mean"], "x_T_std": metrics["x_T_std"]}
+
+
+def build(out=DEFAULT_OUT, name="[Your Name]", roll_number="[Roll Number]", results_dir=None, data_dir=None):
+    """Writes the PDF to `out` from results_dir (default: results/); with data_dir, the forward-process figure
+    noises a training photo instead and the photos/ figures are drawn. Returns the number of pages."""
     results_dir = results_dir or RESULTS
     data = load_results(results_dir)
+    with tempfile.TemporaryDirectory() as folder:
+        if data_dir:
+            # a copy of the results in which the photo's figure stands in for the committed one
+            results_dir = shutil.copytree(results_dir, Path(folder) / "results")
+            data["forward"] = forward_from_photo(data_dir, data["metrics"]["config"], results_dir)
+            photo_grid(data_dir, data["metrics"]["config"], results_dir / PHOTO_FIGURES / "training_data.png")
+        else:
+            data["forward"] = forward_from_results(data["metrics"])
+        return typeset(out, name, roll_number, data, results_dir, photos=bool(data_dir))
+
+
+def typeset(out, name, roll_number, data, results_dir, photos):
+    """Writes the PDF to `out` from the report's source, the values in `data` and the figures in results_dir;
+    the photos/ figures only if `photos`."""
     lines = join_directives(fill_in(SOURCE.read_text(encoding="utf-8").splitlines(), data))
+    lines = lines if photos else without_photo_figures(lines)
     refs = number_labels(lines)
     register_fonts()
     styles = make_styles()
@@ -555,9 +636,12 @@ def build(out=DEFAULT_OUT, name="[Your Name]", roll_number="[Roll Number]", resu
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + ".part")  # a failed build leaves no half-written PDF under the real name
     doc = ReportDoc(part, author=name)
-    contents = TableOfContents(levelStyles=[styles["toc1"], styles["toc2"]], dotsMinLevel=0)
-    story = title_page(name, roll_number, data, styles, results_dir) + [
-        NextPageTemplate("page"), PageBreak(), Paragraph("Contents", styles["h1"]), contents, PageBreak()]
+    contents = TableOfContents(levelStyles=[styles["toc1"], styles["toc2"]], dotsMinLevel=0,
+                               tableStyle=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                                           ("RIGHTPADDING", (0, 0), (-1, -1), 0), ("TOPPADDING", (0, 0), (-1, -1), 1),
+                                           ("BOTTOMPADDING", (0, 0), (-1, -1), 1)])  # short enough for the title page
+    story = title_page(name, roll_number, data, styles) + [  # the contents share the title page
+        Paragraph("Contents", styles["h1"]), contents, NextPageTemplate("page"), PageBreak()]
     story += blocks_to_flowables(lines, refs, styles, doc.width, results_dir)
     try:
         doc.multiBuild(story)
@@ -582,9 +666,14 @@ def main(argv=None):
                                                                        "(default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PDF to write (default: Report.pdf at the "
                                                                       "repository root)")
+    parser.add_argument("--data-dir", type=Path, help="the training data: the forward-process figure then noises "
+                                                      "a real photo (needs --out)")
     args = parser.parse_args(argv)
+    if args.data_dir and args.out.resolve() == DEFAULT_OUT:
+        parser.error("--data-dir puts a training photo into the PDF, and the repository's Report.pdf must not "
+                     "hold one: give --out PATH for a copy elsewhere (e.g. under dist/)")
     try:
-        pages = build(args.out, args.name, args.roll_number)
+        pages = build(args.out, args.name, args.roll_number, data_dir=args.data_dir)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

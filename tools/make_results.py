@@ -1,17 +1,18 @@
 """Rebuilds results/ (figures and metrics.json) from the shipped model and its training runs.
 
-    python tools/make_results.py --run runs/ship --sweep runs/lrexp_3e-3 runs/lrexp_1e-3 runs/lrexp_2e-4 runs/lrexp_5e-5 \
+    python tools/make_results.py --run runs/ship \
+        --sweep runs/lrexp_3e-3 runs/lrexp_1e-3 runs/lrexp_2e-4 runs/lrexp_5e-5 \
         --experiments runs/full2500 runs/dropout3 runs/dropout3_wd --cpu-run runs/cpu_default \
         --gpu-run runs/gpu_default --step-evals runs/ship_evals/*.json --data-dir ../shared/data/animals
 
 --run is the folder `rollNumber_05.py train` wrote for the shipped model (log.csv, run_info.json); the model
 itself is read from --model (default saved_models/ddpm_animals.pt). Each --sweep folder is the same run at another
-learning rate (log.csv, config.json, model.pt, samples/final.png); each --experiments folder another configuration tried (model.pt);
---cpu-run and --gpu-run the default configuration trained on a CPU and on a GPU (log.csv, run_info.json,
-samples/); --step-evals the `evaluate` results of the shipped run's earlier checkpoints. --only reruns the
-steps named (e.g. `--only lr-sweep --sweep ...`) and updates the metrics.json already in --out with their keys.
-Figures hold generated images only: the dataset's photos have an
-unknown licence and stay out of the repository.
+learning rate (log.csv, config.json, run_info.json, model.pt, samples/final.png); each --experiments folder another
+configuration tried (model.pt); --cpu-run and --gpu-run the default configuration trained on a CPU and on a GPU
+(log.csv, run_info.json, samples/); --step-evals the `evaluate` results of the shipped run's earlier checkpoints.
+--only reruns the steps named (e.g. `--only lr-sweep --sweep ...`) and updates the metrics.json already in --out
+with their keys. Figures hold generated images only: the dataset's photos have an unknown licence and stay out of
+the repository.
 """
 import argparse
 import json
@@ -35,6 +36,11 @@ def timed_samples(model, schedule, cfg, noise, labels, sampler, steps=50, guidan
     images = ddpm.generate_from_noise(model, schedule, noise, sampler, steps, eta, labels=labels,
                                       guidance=ddpm.guidance_for(cfg, guidance if cfg.conditional else None), seed=seed)
     return images, time.time() - start
+
+
+def final_mean(rows, key, last=10):
+    """A logged value at the end of a run: its mean over the last `last` log rows, as one row is noisy."""
+    return sum(r[key] for r in rows[-last:]) / len(rows[-last:])
 
 
 def plot_class_grid(rows, row_names, path, title=""):
@@ -77,7 +83,7 @@ def sampler_comparison(model, schedule, cfg, out, seed):
         names.append(f"{name}\n{took:.0f} s")
         seconds[name] = round(took, 2)
     plot_class_grid(rows, names, out / "ddpm_vs_ddim.png",
-                    f"one noise per column, {cfg.num_classes} images per batch, time on {ddpm.device_name(torch.device('cpu'))}")
+                    f"one noise per column, {cfg.num_classes} images per batch, time on a CPU, {torch.get_num_threads()} threads")
     return seconds
 
 
@@ -133,7 +139,7 @@ def default_run(run_dir, path, grids=4):
     plt.close(fig)
     return {**info, "image_size": cfg["image_size"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
             "epochs": cfg["epochs"], "images_per_s": info["images_seen"] / info["train_seconds"],
-            "final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]),
+            "final_loss": final_mean(rows, "loss"),
             "grid_seconds": {str(step): round(s, 1) for step, s in seconds.items()}}
 
 
@@ -155,7 +161,6 @@ def plot_nearest_neighbours(samples, distances, path):
     hist.set_title("d1 / d2 (red: 1/3)", fontsize=8)
     hist.tick_params(labelsize=7)
     ddpm.save_figure(fig, path)
-
 
 
 def full_evaluation(path, data_dir, seed=0, figure=None):
@@ -199,6 +204,17 @@ def lr_label(lr):
     return f"{mantissa}e{int(exponent)}"
 
 
+def sweep_run_summary(rows, folder):
+    """One run of the sweep in numbers: its loss at the end (overall and per quarter of the t range), its lowest
+    loss and when (a run that diverges climbs away from it), and its time."""
+    lowest = min((r for r in rows if math.isfinite(r["loss"])), key=lambda r: r["loss"])
+    info = json.loads((folder / "run_info.json").read_text())
+    return {"steps": int(rows[-1]["step"]), "final_loss": final_mean(rows, "loss"),
+            "final_loss_per_t_quarter": [final_mean(rows, f"loss_t{q}") for q in range(1, 5)],
+            "lowest_loss": lowest["loss"], "lowest_loss_step": int(lowest["step"]),
+            "device": info["device"], "train_seconds": info["train_seconds"]}
+
+
 def lr_sweep(sweep_dirs, out):
     """lr_sweep.png: the loss curves of the same run at each learning rate (left, over both rows), and each run's
     final fixed-noise samples (two rows of grids), so the reader sees what each rate draws."""
@@ -211,12 +227,11 @@ def lr_sweep(sweep_dirs, out):
     curves = fig.add_subplot(grid[:, 0])
     summary = {}
     for i, (lr, rows, folder) in enumerate(runs):
-        steps = int(rows[-1]["step"])
         curves.plot([r["step"] for r in rows], ddpm.smooth([r["loss"] for r in rows]), label=f"lr {lr_label(lr)}")
-        summary[f"{lr:g}"] = {"final_loss": sum(r["loss"] for r in rows[-10:]) / len(rows[-10:]), "steps": steps}
+        summary[f"{lr:g}"] = sweep_run_summary(rows, folder)
         ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
         ax.imshow(Image.open(folder / "samples" / "final.png"), interpolation="nearest")
-        ax.set_title(f"lr {lr_label(lr)}: samples after {steps:,} steps", fontsize=9)
+        ax.set_title(f"lr {lr_label(lr)}: samples after {summary[f'{lr:g}']['steps']:,} steps", fontsize=9)
         ax.axis("off")
     curves.set(xlabel="step", ylabel="training loss (smoothed)", yscale="log", title="training loss")
     curves.legend()
@@ -269,9 +284,8 @@ def shipped_run(args, model, cfg):
                "parameters": ddpm.count_parameters(model),
                "training": json.loads((args.run / "run_info.json").read_text())}
     rows = ddpm.read_log(args.run / "log.csv")
-    metrics["training"]["final_loss"] = sum(r["loss"] for r in rows[-10:]) / len(rows[-10:])
-    metrics["training"]["final_loss_per_t_quarter"] = [sum(r[f"loss_t{q}"] for r in rows[-10:]) / len(rows[-10:])
-                                                       for q in range(1, 5)]
+    metrics["training"]["final_loss"] = final_mean(rows, "loss")
+    metrics["training"]["final_loss_per_t_quarter"] = [final_mean(rows, f"loss_t{q}") for q in range(1, 5)]
     ddpm.plot_loss_curve(rows, args.out / "loss_curve.png")
     return metrics
 
