@@ -730,7 +730,8 @@ class TrainLog:
         quarter = (t * 4 // self.timesteps).clamp(max=3)
         self.sums = self.sums + torch.zeros(4, device=t.device).index_add(0, quarter, losses.detach().float())
         self.counts = self.counts + torch.bincount(quarter, minlength=4)
-        self.grad_norm, self.steps, self.images = self.grad_norm + grad_norm.detach(), self.steps + 1, self.images + images
+        self.grad_norm = self.grad_norm + grad_norm.detach()
+        self.steps, self.images = self.steps + 1, self.images + images
 
     def write(self, **row):
         """Appends the window's row and starts a new one. A window whose every step was skipped gets a row
@@ -774,15 +775,19 @@ class Trainer:
     def images_seen(self):
         return self.step * self.cfg.batch_size * self.world_size
 
+    def passes(self):
+        return self.images_seen() / len(self.data)
+
 def build_trainer(cfg, device, total_steps, world_size=1, rank=0):
     # channels-last on CUDA: the layout cuDNN's tensor-core convolutions run in, so no transposes
-    model = UNet(cfg).to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = UNet(cfg).to(device, memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # fused: one kernel for the whole update
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps))
     forward_model = model
     if world_size > 1:  # averages the gradients of all processes during backward
-        forward_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        forward_model = nn.parallel.DistributedDataParallel(model, [device] if device.type == "cuda" else None)
     if cfg.compile:
         forward_model = compile_model(forward_model, device, cuda_graphs=world_size == 1)
     amp_dtype = autocast_dtype(cfg.precision, device)
@@ -912,8 +917,8 @@ def log_step(trainer, stats, progress):
         trainer.log.add(*stats, images=trainer.cfg.batch_size * trainer.world_size)
     if trainer.step % trainer.cfg.log_every and trainer.step < trainer.total_steps:
         return
-    row = trainer.log.write(step=trainer.step, images_seen=trainer.images_seen(), lr=trainer.lr_schedule.get_last_lr()[0],
-                            passes=trainer.images_seen() / len(trainer.data), bad_steps=trainer.bad_steps,
+    row = trainer.log.write(step=trainer.step, images_seen=trainer.images_seen(), passes=trainer.passes(),
+                            lr=trainer.lr_schedule.get_last_lr()[0], bad_steps=trainer.bad_steps,
                             elapsed_s=time.time() - trainer.started)
     progress.update(trainer.step, f"loss {row['loss']:.4f} {row['images_per_s']:.0f} img/s" if "loss" in row else "")
 
@@ -936,7 +941,8 @@ def training_loop(trainer, stop):
             raise UserError(f"{bad_in_a_row} non-finite losses in a row at step {trainer.step}; saved the last good "
                             f"state in {checkpoint_dir(trainer.out_dir)}; lower --lr")
         if trainer.rank == 0 and cfg.sample_every and trainer.step % cfg.sample_every == 0:
-            write_samples(trainer.ema.model, trainer.schedule, cfg, trainer.out_dir / "samples" / f"step_{trainer.step:08d}.png")
+            grid = trainer.out_dir / "samples" / f"step_{trainer.step:08d}.png"
+            write_samples(trainer.ema.model, trainer.schedule, cfg, grid)
         if any_rank(stop.signal_name is not None, trainer):
             break  # train() saves the step reached
         if (save_steps and trainer.step % save_steps == 0) or (save_seconds and time.time() - last_save > save_seconds):
@@ -946,10 +952,10 @@ def training_loop(trainer, stop):
 def write_run_info(trainer):
     """run_info.json: what the run cost and where it ran, for the report."""
     device = trainer.schedule.betas.device
-    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} {device.type}",
-            "torch": torch.__version__, "parameters": count_parameters(trainer.model), "processes": trainer.world_size,
-            "steps": trainer.step, "images_seen": trainer.images_seen(), "passes": trainer.images_seen() / len(trainer.data),
-            "train_seconds": round(time.time() - trainer.started, 1)}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} {device.type}"
+    info = {"device": name, "torch": torch.__version__, "parameters": count_parameters(trainer.model),
+            "processes": trainer.world_size, "steps": trainer.step, "images_seen": trainer.images_seen(),
+            "passes": trainer.passes(), "train_seconds": round(time.time() - trainer.started, 1)}
     (trainer.out_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
 def finish_run(trainer):
@@ -1119,8 +1125,9 @@ def write_samples(model, schedule, cfg, out=None, out_dir=None, num_samples=None
     for folder in filter(None, [out_dir, out and Path(out).parent]):
         Path(folder).mkdir(parents=True, exist_ok=True)
     grid = []
-    for start, images in sample_in_chunks(model, schedule, cfg, labels, num_samples, batch_size, seed, sampler=sampler,
-                                          steps=steps, eta=eta, guidance=guidance_for(cfg, guidance), progress=progress):
+    chunks = sample_in_chunks(model, schedule, cfg, labels, num_samples, batch_size, seed, sampler=sampler, steps=steps,
+                              eta=eta, guidance=guidance_for(cfg, guidance), progress=progress)
+    for start, images in chunks:
         images = to_uint8(images)
         if out:
             grid.append(images)
@@ -1166,7 +1173,8 @@ def plot_forward_process(schedule, x0, path, seed=0):
     """The assignment's Figure 1 (x_t at t = 0, 50, 100, 200, ..., T from the step-by-step chain) with the
     statistics that show x_T is standard normal."""
     plt = pyplot()
-    steps = sorted({0, 50, *range(100, schedule.timesteps + 1, 100), schedule.timesteps} & set(range(schedule.timesteps + 1)))
+    T = schedule.timesteps
+    steps = sorted({0, 50, *range(100, T + 1, 100), T} & set(range(T + 1)))
     snapshots = forward_chain(schedule, x0[None], set(steps), seed)
     fig = plt.figure(figsize=(1.4 * len(steps), 5.2))
     grid = fig.add_gridspec(2, len(steps), height_ratios=[1, 1.6], hspace=0.45)
@@ -1175,8 +1183,8 @@ def plot_forward_process(schedule, x0, path, seed=0):
         ax.imshow(to_display(snapshots[t][0]))
         ax.axis("off")
     ax = fig.add_subplot(grid[1, : len(steps) // 2], xlabel="t", title="how much of x_0 survives")
-    ax.plot(range(1, schedule.timesteps + 1), schedule.sqrt_alphas_cumprod.cpu(), label="signal: sqrt(alpha_bar_t)")
-    ax.plot(range(1, schedule.timesteps + 1), schedule.sqrt_one_minus_alphas_cumprod.cpu(), label="noise: sqrt(1 - alpha_bar_t)")
+    ax.plot(range(1, T + 1), schedule.sqrt_alphas_cumprod.cpu(), label="signal: sqrt(alpha_bar_t)")
+    ax.plot(range(1, T + 1), schedule.sqrt_one_minus_alphas_cumprod.cpu(), label="noise: sqrt(1 - alpha_bar_t)")
     ax.plot(steps, [float(snapshots[t].std()) for t in steps], "o", label="std of x_t (measured)")
     ax.legend(fontsize=8)
     x_T = snapshots[schedule.timesteps].flatten()
@@ -1209,7 +1217,8 @@ def plot_loss_curve(rows, path):
     ax_loss.legend()
     ax_lr.plot(steps, [r["lr"] for r in rows])
     ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
-    for q, name in enumerate(["t in 1-250 (least noise)", "t in 251-500", "t in 501-750", "t in 751-1000 (most noise)"]):
+    quarters = ["t in 1-250 (least noise)", "t in 251-500", "t in 501-750", "t in 751-1000 (most noise)"]
+    for q, name in enumerate(quarters):
         ax_t.plot(steps, smooth([r[f"loss_t{q + 1}"] for r in rows]), label=name)
     ax_t.set(xlabel="step", ylabel="loss (smoothed)", yscale="log", title="loss per timestep range")
     ax_t.legend(fontsize=8)

@@ -97,5 +97,5 @@ def test_held_back_real_photos_have_novelty_near_one(real_animals):
     data = ddpm.AnimalPhotos(real_animals, ["Dolphin", "Giraffe", "Panda", "Zebra"], 4, 20, 32, flip=False)
     images, labels = ddpm.to_model_range(data.images), data.labels
     held = torch.arange(len(images)) % 20 >= 16  # the last 4 photos of each class
-    summary = summary_of(images[held], images[~held])
+    summary = summary_of(images[held], images[~held], labels[held], labels[~held])
     assert 0.75 < summary["novelty"] < 1.25
