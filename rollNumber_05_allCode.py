@@ -536,9 +536,7 @@ def autocast_dtype(precision, device):
     """The reduced precision to compute in, or None for fp32. 'auto': bf16 where the GPU has bf16 tensor cores
     (Ampere and newer), fp16 on older GPUs (T4, P100, V100: emulated bf16 is slower than fp32), fp32 on CPUs and
     Apple GPUs."""
-    if precision == "fp32" or device.type == "mps":
-        return None
-    if precision == "auto" and device.type != "cuda":
+    if precision == "fp32" or device.type == "mps" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
@@ -741,7 +739,8 @@ class TrainLog:
         quarter = (t * 4 // self.timesteps).clamp(max=3)
         self.sums = self.sums + torch.zeros(4, device=t.device).index_add(0, quarter, losses.detach().float())
         self.counts = self.counts + torch.bincount(quarter, minlength=4)
-        self.grad_norm, self.steps, self.images = self.grad_norm + grad_norm.detach(), self.steps + 1, self.images + images
+        self.grad_norm = self.grad_norm + grad_norm.detach()
+        self.steps, self.images = self.steps + 1, self.images + images
 
     def write(self, **row):
         """Appends the window's row and starts a new one. A window whose every step was skipped gets a row
@@ -785,15 +784,19 @@ class Trainer:
     def images_seen(self):
         return self.step * self.cfg.batch_size * self.world_size
 
+    def passes(self):
+        return self.images_seen() / len(self.data)
+
 def build_trainer(cfg, device, total_steps, world_size=1, rank=0):
     # channels-last on CUDA: the layout cuDNN's tensor-core convolutions run in, so no transposes
-    model = UNet(cfg).to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = UNet(cfg).to(device, memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # fused: one kernel for the whole update
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps))
     forward_model = model
     if world_size > 1:  # averages the gradients of all processes during backward
-        forward_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        forward_model = nn.parallel.DistributedDataParallel(model, [device] if device.type == "cuda" else None)
     if cfg.compile:
         forward_model = compile_model(forward_model, device, cuda_graphs=world_size == 1)
     amp_dtype = autocast_dtype(cfg.precision, device)
@@ -923,8 +926,8 @@ def log_step(trainer, stats, progress):
         trainer.log.add(*stats, images=trainer.cfg.batch_size * trainer.world_size)
     if trainer.step % trainer.cfg.log_every and trainer.step < trainer.total_steps:
         return
-    row = trainer.log.write(step=trainer.step, images_seen=trainer.images_seen(), lr=trainer.lr_schedule.get_last_lr()[0],
-                            passes=trainer.images_seen() / len(trainer.data), bad_steps=trainer.bad_steps,
+    row = trainer.log.write(step=trainer.step, images_seen=trainer.images_seen(), passes=trainer.passes(),
+                            lr=trainer.lr_schedule.get_last_lr()[0], bad_steps=trainer.bad_steps,
                             elapsed_s=time.time() - trainer.started)
     progress.update(trainer.step, f"loss {row['loss']:.4f} {row['images_per_s']:.0f} img/s" if "loss" in row else "")
 
@@ -947,7 +950,8 @@ def training_loop(trainer, stop):
             raise UserError(f"{bad_in_a_row} non-finite losses in a row at step {trainer.step}; saved the last good "
                             f"state in {checkpoint_dir(trainer.out_dir)}; lower --lr")
         if trainer.rank == 0 and cfg.sample_every and trainer.step % cfg.sample_every == 0:
-            write_samples(trainer.ema.model, trainer.schedule, cfg, trainer.out_dir / "samples" / f"step_{trainer.step:08d}.png")
+            grid = trainer.out_dir / "samples" / f"step_{trainer.step:08d}.png"
+            write_samples(trainer.ema.model, trainer.schedule, cfg, grid)
         if any_rank(stop.signal_name is not None, trainer):
             break  # train() saves the step reached
         if (save_steps and trainer.step % save_steps == 0) or (save_seconds and time.time() - last_save > save_seconds):
@@ -957,10 +961,10 @@ def training_loop(trainer, stop):
 def write_run_info(trainer):
     """run_info.json: what the run cost and where it ran, for the report."""
     device = trainer.schedule.betas.device
-    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} {device.type}",
-            "torch": torch.__version__, "parameters": count_parameters(trainer.model), "processes": trainer.world_size,
-            "steps": trainer.step, "images_seen": trainer.images_seen(), "passes": trainer.images_seen() / len(trainer.data),
-            "train_seconds": round(time.time() - trainer.started, 1)}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} {device.type}"
+    info = {"device": name, "torch": torch.__version__, "parameters": count_parameters(trainer.model),
+            "processes": trainer.world_size, "steps": trainer.step, "images_seen": trainer.images_seen(),
+            "passes": trainer.passes(), "train_seconds": round(time.time() - trainer.started, 1)}
     (trainer.out_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
 def finish_run(trainer):
@@ -1130,8 +1134,9 @@ def write_samples(model, schedule, cfg, out=None, out_dir=None, num_samples=None
     for folder in filter(None, [out_dir, out and Path(out).parent]):
         Path(folder).mkdir(parents=True, exist_ok=True)
     grid = []
-    for start, images in sample_in_chunks(model, schedule, cfg, labels, num_samples, batch_size, seed, sampler=sampler,
-                                          steps=steps, eta=eta, guidance=guidance_for(cfg, guidance), progress=progress):
+    chunks = sample_in_chunks(model, schedule, cfg, labels, num_samples, batch_size, seed, sampler=sampler, steps=steps,
+                              eta=eta, guidance=guidance_for(cfg, guidance), progress=progress)
+    for start, images in chunks:
         images = to_uint8(images)
         if out:
             grid.append(images)
@@ -1177,7 +1182,8 @@ def plot_forward_process(schedule, x0, path, seed=0):
     """The assignment's Figure 1 (x_t at t = 0, 50, 100, 200, ..., T from the step-by-step chain) with the
     statistics that show x_T is standard normal."""
     plt = pyplot()
-    steps = sorted({0, 50, *range(100, schedule.timesteps + 1, 100), schedule.timesteps} & set(range(schedule.timesteps + 1)))
+    T = schedule.timesteps
+    steps = sorted({0, 50, *range(100, T + 1, 100), T} & set(range(T + 1)))
     snapshots = forward_chain(schedule, x0[None], set(steps), seed)
     fig = plt.figure(figsize=(1.4 * len(steps), 5.2))
     grid = fig.add_gridspec(2, len(steps), height_ratios=[1, 1.6], hspace=0.45)
@@ -1186,8 +1192,8 @@ def plot_forward_process(schedule, x0, path, seed=0):
         ax.imshow(to_display(snapshots[t][0]))
         ax.axis("off")
     ax = fig.add_subplot(grid[1, : len(steps) // 2], xlabel="t", title="how much of x_0 survives")
-    ax.plot(range(1, schedule.timesteps + 1), schedule.sqrt_alphas_cumprod.cpu(), label="signal: sqrt(alpha_bar_t)")
-    ax.plot(range(1, schedule.timesteps + 1), schedule.sqrt_one_minus_alphas_cumprod.cpu(), label="noise: sqrt(1 - alpha_bar_t)")
+    ax.plot(range(1, T + 1), schedule.sqrt_alphas_cumprod.cpu(), label="signal: sqrt(alpha_bar_t)")
+    ax.plot(range(1, T + 1), schedule.sqrt_one_minus_alphas_cumprod.cpu(), label="noise: sqrt(1 - alpha_bar_t)")
     ax.plot(steps, [float(snapshots[t].std()) for t in steps], "o", label="std of x_t (measured)")
     ax.legend(fontsize=8)
     x_T = snapshots[schedule.timesteps].flatten()
@@ -1220,7 +1226,8 @@ def plot_loss_curve(rows, path):
     ax_loss.legend()
     ax_lr.plot(steps, [r["lr"] for r in rows])
     ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
-    for q, name in enumerate(["t in 1-250 (least noise)", "t in 251-500", "t in 501-750", "t in 751-1000 (most noise)"]):
+    quarters = ["t in 1-250 (least noise)", "t in 251-500", "t in 501-750", "t in 751-1000 (most noise)"]
+    for q, name in enumerate(quarters):
         ax_t.plot(steps, smooth([r[f"loss_t{q + 1}"] for r in rows]), label=name)
     ax_t.set(xlabel="step", ylabel="loss (smoothed)", yscale="log", title="loss per timestep range")
     ax_t.legend(fontsize=8)
@@ -1254,49 +1261,65 @@ def denoising_loss_grid(model, schedule, images, labels, points=10, seed=0, batc
         per_t[t_now + 1] = total / len(images)
     return sum(per_t.values()) / len(per_t), per_t
 
+def image_distances(images, train_images):
+    """RMS pixel distance from each image to each training image, [len(images), len(train_images)]; a training
+    image counts with its mirror image, since training flips."""
+    flat = images.flatten(1).float()
+    candidates = torch.stack([train_images, train_images.flip(-1)]).flatten(2).float()  # [2, N, D]
+    return torch.cdist(flat[None].expand(2, -1, -1), candidates).amin(0) / math.sqrt(flat.shape[1])
+
+def leave_one_out_distances(train_images):
+    """Each training image's distance to the nearest of the others: where a new real photo would sit."""
+    return image_distances(train_images, train_images).fill_diagonal_(math.inf).amin(1)
+
 def nearest_training_images(samples, train_images):
-    """For each sample: RMS pixel distance to its nearest and second-nearest training image (a training image
-    counts with its mirror image, since training flips), and their indices."""
-    candidates = torch.stack([train_images, train_images.flip(-1)]).flatten(2)  # [2, N, D]
-    flat = samples.flatten(1)
-    dists = torch.cdist(flat[None].expand(2, -1, -1).float(), candidates.float()).amin(0) / math.sqrt(flat.shape[1])
-    nearest = dists.topk(2, dim=1, largest=False)
+    """For each sample: RMS pixel distance to its nearest and second-nearest training image, and their indices."""
+    nearest = image_distances(samples, train_images).topk(2, dim=1, largest=False)
     return nearest.values, nearest.indices
 
 def memorisation_rate(distances):
     """Share of samples whose nearest training image is closer than 1/3 of the second nearest (Gu et al. 2023)."""
     return float((distances[:, 0] < distances[:, 1] / 3).float().mean())
 
-def nearest_neighbour_summary(distances, indices):
-    """The numbers of the nearest-neighbour test, from nearest_training_images' distances and indices."""
-    return {"nearest_distance_mean": float(distances[:, 0].mean()),
-            "nearest_distance_min": float(distances[:, 0].min()),
-            "memorisation_rate": memorisation_rate(distances),
-            # fewer distinct nearest photos than samples: several noises end at the same photo (mode collapse)
-            "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
+def nearest_neighbour_summary(distances, indices, reference, asked=None, photo_labels=None):
+    """The numbers of the nearest-neighbour test. The yardstick is `reference`, the photos' leave-one-out
+    distances (how far a new real photo sits from the set): novelty is the samples' median distance over the
+    reference's median (about 1 for new photos, 0 for copies), and a sample closer than the reference's 5th
+    percentile counts as a copy. With the asked classes, the share of samples whose nearest photo is of that class."""
+    nearest = distances[:, 0]
+    summary = {"nearest_distance_mean": float(nearest.mean()), "nearest_distance_min": float(nearest.min()),
+               "nearest_distance_median": float(nearest.median()), "leave_one_out_median": float(reference.median()),
+               "novelty": float(nearest.median() / reference.median()),
+               "copy_share": float((nearest < reference.quantile(0.05)).float().mean()),
+               "memorisation_rate": memorisation_rate(distances),
+               # fewer distinct nearest photos than samples: several noises end at the same photo (mode collapse)
+               "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
+    if asked is not None:
+        summary["asked_class_share"] = float((photo_labels[indices[:, 0]] == asked).float().mean())
+    return summary
 
 def training_images(data_dir, cfg):
-    """The photos a model was trained on, unflipped, in [-1, 1], and their labels (None for an unconditional model)."""
+    """The photos a model was trained on, unflipped, in [-1, 1], and their class labels."""
     data = AnimalPhotos(data_dir, cfg.classes, len(cfg.classes), cfg.images_per_class, cfg.image_size, flip=False)
-    return to_model_range(data.images), data.labels if cfg.conditional else None
+    return to_model_range(data.images), data.labels
 
 def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, sampler="ddim", steps=50,
              guidance=None, loss_points=10, seed=0):
-    """Loss on a fixed t grid and memorisation of a checkpoint: the numbers, also written to out_json."""
+    """A checkpoint's loss on a fixed t grid, and how new its samples are (the classes in turn, nearest-neighbour
+    test against the training photos): the numbers, also written to out_json."""
     model, schedule, cfg = load_model(checkpoint, pick_device(device))
     check_guidance(guidance, cfg)
     images, labels = training_images(data_dir, cfg)
     loss, loss_per_t = denoising_loss_grid(model, schedule, images, labels, loss_points, seed)
-    guidance = guidance_for(cfg, guidance)
-    samples = torch.cat([chunk for _, chunk in sample_in_chunks(model, schedule, cfg, class_labels(cfg, num_samples),
-                                                                num_samples, seed=seed, sampler=sampler, steps=steps,
-                                                                guidance=guidance)])
+    guidance, asked = guidance_for(cfg, guidance), class_labels(cfg, num_samples)
+    samples = torch.cat([chunk for _, chunk in sample_in_chunks(model, schedule, cfg, asked, num_samples, seed=seed,
+                                                                sampler=sampler, steps=steps, guidance=guidance)])
     distances, indices = nearest_training_images(samples, images)
     result = {"checkpoint": str(checkpoint), "step": load_checkpoint(checkpoint).get("step"),
               "classes": cfg.classes, "train_images": len(images),
               "denoising_loss": loss, "denoising_loss_per_t": loss_per_t,
               "samples": num_samples, "sampler": sampler, "steps": steps, "guidance": guidance,
-              **nearest_neighbour_summary(distances, indices)}
+              **nearest_neighbour_summary(distances, indices, leave_one_out_distances(images), asked, labels)}
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))
@@ -1366,7 +1389,7 @@ def build_parser():
     p.add_argument("--out", default="forward_process.png", help="default: %(default)s")
     p.set_defaults(run=cmd_forward)
 
-    p = commands.add_parser("evaluate", help="denoising loss and memorisation of a checkpoint")
+    p = commands.add_parser("evaluate", help="denoising loss and novelty of the samples of a checkpoint")
     add_sampling_options(p)
     p.add_argument("--data-dir", required=True, help="the training data folder")
     p.add_argument("--num-samples", type=positive_int, default=50, help="samples for the nearest-neighbour test")
