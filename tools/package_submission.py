@@ -452,13 +452,14 @@ def identifiers(tree, strings=False):
 
 
 def config_default(tree, field):
-    """The default of Config.<field> where it is a literal, else None."""
+    """The default of Config.<field> where it is a literal, written plainly (`= 1000`) or as the first argument of
+    the field's maker (`= option(1000, "help")`); else None."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "Config":
             for item in node.body:
-                if (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
-                        and item.target.id == field and isinstance(item.value, ast.Constant)):
-                    return item.value.value
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.target.id == field:
+                    value = item.value.args[0] if isinstance(item.value, ast.Call) and item.value.args else item.value
+                    return value.value if isinstance(value, ast.Constant) else None
     return None
 
 
