@@ -260,10 +260,13 @@ def batch_indices(num_images, batch_size, step, seed):
     offset = passes[0] * num_images
     return stream[start - offset:end - offset]
 
-def load_batch(data, indices, device):
-    """Reads the indexed items through the dataset (flips included) and stacks them on the device."""
-    x0, labels = torch.utils.data.default_collate([data[i] for i in indices.tolist()])
-    return x0.to(device), labels.to(device)
+def batch_loader(data, steps, global_batch, rank, world_size, seed, on_gpu):
+    """The batches of `steps` read through the dataset, flips included: at each step this process's slice of the
+    global batch. On a GPU one worker process prepares the next batch while the GPU computes this one."""
+    slices = [batch_indices(len(data), global_batch, step, seed).view(world_size, -1)[rank].tolist() for step in steps]
+    # its own generator: making the loader then draws nothing from the global random numbers a resume restores
+    return torch.utils.data.DataLoader(data, batch_sampler=slices, num_workers=int(on_gpu), pin_memory=on_gpu,
+                                       generator=torch.Generator().manual_seed(seed))
 
 # ---------------------------------------------------------------------------------------------
 # 2. Forward process q(x_t | x_0): the noise schedule and everything derived from it
@@ -937,9 +940,11 @@ def training_loop(trainer, stop):
     save_steps, save_seconds = parse_save_every(cfg.save_every)
     last_save, bad_in_a_row = time.time(), 0
     progress = Progress(trainer.total_steps, "train")
-    for step in range(trainer.step, trainer.total_steps):
-        global_batch = batch_indices(len(trainer.data), cfg.batch_size * trainer.world_size, step, cfg.seed)
-        x0, labels = load_batch(trainer.data, global_batch.view(trainer.world_size, -1)[trainer.rank], device)
+    steps = range(trainer.step, trainer.total_steps)
+    batches = batch_loader(trainer.data, steps, cfg.batch_size * trainer.world_size, trainer.rank, trainer.world_size,
+                           cfg.seed, on_gpu=device.type == "cuda")
+    for step, (x0, labels) in zip(steps, batches):
+        x0, labels = x0.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         stats = train_step(trainer, x0, labels if cfg.conditional else None, step)
         trainer.step, trainer.bad_steps = step + 1, trainer.bad_steps + (stats is None)
         bad_in_a_row = 0 if stats else bad_in_a_row + 1

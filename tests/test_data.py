@@ -257,3 +257,20 @@ def test_real_dataset_class_one_photo_short_warns(real_animals, capsys):
     data = ddpm.AnimalPhotos(real_animals, ["tiger"], images_per_class=20, image_size=8, flip=False)
     assert len(data) == 19 and data.class_names == ["Tiger"]
     assert "warning: class Tiger has 19 usable images" in capsys.readouterr().err
+
+
+def test_the_loader_gives_each_step_its_slice_of_the_global_batch_through_the_dataset(tiny_data):
+    data = photos(tiny_data, num_classes=3)  # 12 images
+    rank1 = list(ddpm.batch_loader(data, range(2, 5), 6, rank=1, world_size=2, seed=0, on_gpu=False))
+    for step, (x0, labels) in zip(range(2, 5), rank1):
+        indices = ddpm.batch_indices(12, 6, step, seed=0)[3:]
+        assert torch.equal(x0, ddpm.to_model_range(data.images[indices])) and torch.equal(labels, data.labels[indices])
+
+
+@pytest.mark.filterwarnings("ignore:.*pin_memory")  # no GPU here to pin memory for
+def test_the_gpu_loaders_worker_process_reads_the_same_batches(tiny_data):
+    data = photos(tiny_data, num_classes=3)
+    inline = list(ddpm.batch_loader(data, range(6), 4, 0, 1, seed=3, on_gpu=False))
+    worker = list(ddpm.batch_loader(data, range(6), 4, 0, 1, seed=3, on_gpu=True))
+    assert len(inline) == len(worker) == 6
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(inline, worker))
