@@ -47,12 +47,13 @@ def test_images_are_uint8_of_the_asked_size(tiny_data):
 
 def test_items_are_floats_in_minus_one_to_one_with_their_label(tiny_data):
     data = photos(tiny_data, num_classes=3)
-    x, label = data[5]
+    x, label, augment = data[5]
     assert x.dtype == torch.float32 and x.shape == (3, 16, 16)
     assert x.min().item() >= -1 and x.max().item() <= 1
     assert x.max().item() - x.min().item() > 0.3  # the stripes survive the resize
     assert label == 1
     assert torch.allclose(x, data.images[5].float() / 127.5 - 1)
+    assert torch.equal(augment, torch.zeros(ddpm.AUGMENT_DIMS))  # not augmented by default
 
 
 def test_classes_keep_their_colours(tiny_data):
@@ -262,7 +263,7 @@ def test_real_dataset_class_one_photo_short_warns(real_animals, capsys):
 def test_the_loader_gives_each_step_its_slice_of_the_global_batch_through_the_dataset(tiny_data):
     data = photos(tiny_data, num_classes=3)  # 12 images
     rank1 = list(ddpm.batch_loader(data, range(2, 5), 6, rank=1, world_size=2, seed=0, on_gpu=False))
-    for step, (x0, labels) in zip(range(2, 5), rank1):
+    for step, (x0, labels, _) in zip(range(2, 5), rank1):
         indices = ddpm.batch_indices(12, 6, step, seed=0)[3:]
         assert torch.equal(x0, ddpm.to_model_range(data.images[indices])) and torch.equal(labels, data.labels[indices])
 
