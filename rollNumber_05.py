@@ -1075,12 +1075,11 @@ def sampling_timesteps(timesteps, sampler, steps):
 
 @torch.inference_mode()
 def generate_from_noise(model, schedule, noise, sampler="ddpm", steps=50, eta=0.0, labels=None, guidance=1.0,
-                        guidance_interval=None, seed=0, return_trajectory=False, trajectory_points=10, progress=False):
+                        seed=0, return_trajectory=False, trajectory_points=10, progress=False):
     """Denoises `noise` (x_T, shape [n, 3, H, W]) into images in [-1, 1].
 
     sampler 'ddpm' runs all T ancestral steps; 'ddim' runs `steps` DDIM steps with `eta`. `labels` (class
-    indices) and `guidance` apply to class-conditional models, guidance only at the t in `guidance_interval`
-    (first, last; None: every t). `seed` fixes the noise drawn on the way.
+    indices) and `guidance` apply to class-conditional models. `seed` fixes the noise drawn on the way.
     With return_trajectory, also returns [(t, x_t)] at about `trajectory_points` steps, from noise to image."""
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
@@ -1093,9 +1092,8 @@ def generate_from_noise(model, schedule, noise, sampler="ddpm", steps=50, eta=0.
     bar = Progress(len(ts), sampler) if progress else None
     for i, t_now in enumerate(ts):
         t = torch.full((x.shape[0],), t_now, device=device, dtype=torch.long)
-        guided = guidance_interval is None or guidance_interval[0] <= t_now + 1 <= guidance_interval[1]
         with autocast(device, amp_dtype):
-            eps_guess = guided_output(model, x, t, labels, guidance if guided else 1.0)
+            eps_guess = guided_output(model, x, t, labels, guidance)
         eps, x0 = schedule.eps_and_x0(eps_guess.float(), x, t)
         if return_trajectory and t_now in keep:
             trajectory.append((t_now + 1, x.cpu()))  # paper numbering: x_t at t = index + 1

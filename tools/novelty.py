@@ -2,6 +2,10 @@
 
     python tools/novelty.py --data-dir ../shared/data/animals                       # the shipped model
     python tools/novelty.py --data-dir DATA --model old=saved_models/ddpm_animals.pt --model new=runs/x/model.pt
+    python tools/novelty.py --data-dir DATA --model interval=saved_models/ddpm_animals.pt@83,580
+
+A model given as NAME=PATH@FIRST,LAST is sampled with guidance only at the steps FIRST..LAST (paper numbering)
+and plain conditional elsewhere (Kynkaanniemi et al. 2024 guide only in a middle interval of noise levels).
 
 For each model and guidance scale: DDIM-50 samples, --per-class of each class, measured by rollNumber_05's
 nearest-neighbour test against the training photos (and their mirror images). Novelty is the samples' median
@@ -10,6 +14,7 @@ real photo; 0: copies); copies are samples closer than the leave-one-out 5th per
 share whose nearest photo is of the class asked for. Writes the figure and a JSON of every number.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -22,8 +27,26 @@ sys.path.insert(0, str(ROOT))
 import rollNumber_05 as ddpm  # noqa: E402
 
 
-def novelty_by_guidance(path, data_dir, scales, per_class, seed=0, steps=50):
-    """{scale: nearest-neighbour summary} for one checkpoint."""
+@contextlib.contextmanager
+def guidance_only_between(first, last):
+    """Makes the script's sampler guide only at the steps first..last: its guided_output sees guidance 1 elsewhere."""
+    guided_output = ddpm.guided_output
+    ddpm.guided_output = lambda model, x_t, t, labels, guidance: guided_output(
+        model, x_t, t, labels, guidance if first <= int(t[0]) + 1 <= last else 1.0)
+    try:
+        yield
+    finally:
+        ddpm.guided_output = guided_output
+
+
+def novelty_by_guidance(spec, data_dir, scales, per_class, seed=0, steps=50):
+    """{scale: nearest-neighbour summary} for one checkpoint, given as PATH or PATH@FIRST,LAST."""
+    path, _, interval = spec.partition("@")
+    with guidance_only_between(*map(int, interval.split(","))) if interval else contextlib.nullcontext():
+        return guided_novelty(path, data_dir, scales, per_class, seed, steps)
+
+
+def guided_novelty(path, data_dir, scales, per_class, seed, steps):
     model, schedule, cfg = ddpm.load_model(path)
     images, photo_labels = ddpm.training_images(data_dir, cfg)
     reference = ddpm.leave_one_out_distances(images)
