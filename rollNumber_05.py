@@ -1299,9 +1299,10 @@ def image_distances(images, train_images):
     candidates = torch.stack([train_images, train_images.flip(-1)]).flatten(2).float()  # [2, N, D]
     return torch.cdist(flat[None].expand(2, -1, -1), candidates).amin(0) / math.sqrt(flat.shape[1])
 
-def leave_one_out_distances(train_images):
-    """Each training image's distance to the nearest of the others: where a new real photo would sit."""
-    return image_distances(train_images, train_images).fill_diagonal_(math.inf).amin(1)
+def leave_one_out(train_images):
+    """Each training image's distance to the nearest of the others, and which one that is: where a new real photo
+    would sit, and how often the nearest photo of a new real photo is of its own class."""
+    return image_distances(train_images, train_images).fill_diagonal_(math.inf).min(1)
 
 def nearest_training_images(samples, train_images):
     """For each sample: RMS pixel distance to its nearest and second-nearest training image, and their indices."""
@@ -1313,11 +1314,12 @@ def memorisation_rate(distances):
     return float((distances[:, 0] < distances[:, 1] / 3).float().mean())
 
 def nearest_neighbour_summary(distances, indices, reference, asked=None, photo_labels=None):
-    """The numbers of the nearest-neighbour test. The yardstick is `reference`, the photos' leave-one-out
-    distances (how far a new real photo sits from the set): novelty is the samples' median distance over the
-    reference's median (about 1 for new photos, 0 for copies), and a sample closer than the reference's 5th
-    percentile counts as a copy. With the asked classes, the share of samples whose nearest photo is of that class."""
-    nearest = distances[:, 0]
+    """The numbers of the nearest-neighbour test. The yardstick is `reference`, the photos' leave_one_out (how
+    far a new real photo sits from the set): novelty is the samples' median distance over the reference's
+    median (about 1 for new photos, 0 for copies), and a sample closer than the reference's 5th percentile
+    counts as a copy. With the asked classes, the share of samples whose nearest photo is of that class, beside
+    the same share for the photos themselves (a new real photo's nearest photo is often of another class)."""
+    nearest, reference, reference_nearest = distances[:, 0], reference.values, reference.indices
     summary = {"nearest_distance_mean": float(nearest.mean()), "nearest_distance_min": float(nearest.min()),
                "nearest_distance_median": float(nearest.median()), "leave_one_out_median": float(reference.median()),
                "novelty": float(nearest.median() / reference.median()),
@@ -1327,6 +1329,7 @@ def nearest_neighbour_summary(distances, indices, reference, asked=None, photo_l
                "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
     if asked is not None:
         summary["asked_class_share"] = float((photo_labels[indices[:, 0]] == asked).float().mean())
+        summary["leave_one_out_class_share"] = float((photo_labels[reference_nearest] == photo_labels).float().mean())
     return summary
 
 def training_images(data_dir, cfg):
@@ -1350,7 +1353,7 @@ def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, samp
               "classes": cfg.classes, "train_images": len(images),
               "denoising_loss": loss, "denoising_loss_per_t": loss_per_t,
               "samples": num_samples, "sampler": sampler, "steps": steps, "guidance": guidance,
-              **nearest_neighbour_summary(distances, indices, leave_one_out_distances(images), asked, labels)}
+              **nearest_neighbour_summary(distances, indices, leave_one_out(images), asked, labels)}
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))

@@ -99,7 +99,7 @@ def memorisation_by_guidance(model, schedule, cfg, data_dir, seed, scales=(1.0, 
     """The evaluation's nearest-neighbour test on its 50 DDIM-50 samples at each guidance scale, and once more at
     the default scale with DDIM's noise switched on (eta 1, stochastic like DDPM): how sampling changes copying."""
     images, photo_labels = ddpm.training_images(data_dir, cfg)
-    reference = ddpm.leave_one_out_distances(images)
+    reference = ddpm.leave_one_out(images)
     noise, labels = ddpm.seeded_noise(num_samples, cfg.image_size, seed), ddpm.class_labels(cfg, num_samples)
     runs = [(f"{scale:g}", scale, 0.0) for scale in scales] + [(f"{ddpm.DEFAULT_GUIDANCE:g}, eta 1", ddpm.DEFAULT_GUIDANCE, 1.0)]
     results = {}

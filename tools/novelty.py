@@ -49,7 +49,7 @@ def novelty_by_guidance(spec, data_dir, scales, per_class, seed=0, steps=50):
 def guided_novelty(path, data_dir, scales, per_class, seed, steps):
     model, schedule, cfg = ddpm.load_model(path)
     images, photo_labels = ddpm.training_images(data_dir, cfg)
-    reference = ddpm.leave_one_out_distances(images)
+    reference = ddpm.leave_one_out(images)
     asked = ddpm.class_labels(cfg, per_class * cfg.num_classes)
     results = {}
     for scale in scales:
@@ -63,18 +63,29 @@ def guided_novelty(path, data_dir, scales, per_class, seed, steps):
 
 
 def plot(results, path):
-    """Novelty, copy share and class share against guidance, a line per model."""
-    fig, axes = ddpm.pyplot().subplots(1, 3, figsize=(13, 3.6))
+    """Novelty, copy share and class share against guidance, a line per model, and the frontier they trace:
+    novelty against class share (up and to the right is better). Dotted: the photos' own values."""
+    fig, axes = ddpm.pyplot().subplots(1, 4, figsize=(17, 3.6))
     for name, by_scale in results.items():
         scales = [float(s) for s in by_scale]
         for ax, key in zip(axes, ("novelty", "copy_share", "asked_class_share")):
             ax.plot(scales, [by_scale[s][key] for s in by_scale], "o-", label=name)
-    titles = ("novelty (1: like a new real photo)", "copy share", "nearest photo of the asked class")
+        line, = axes[3].plot([v["asked_class_share"] for v in by_scale.values()],
+                             [v["novelty"] for v in by_scale.values()], "o-", label=name)
+        for scale, v in by_scale.items():
+            axes[3].annotate(scale, (v["asked_class_share"], v["novelty"]), fontsize=7, color=line.get_color())
+    titles = ("novelty (1: like a new real photo)", "copy share", "nearest photo of the asked class",
+              "novelty against class share (labels: guidance)")
     for ax, title in zip(axes, titles):
         ax.set(xlabel="guidance scale", ylim=(0, 1.05))
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
+    photos = next(iter(next(iter(results.values())).values()))
     axes[0].axhline(1.0, color="grey", linestyle=":")
+    axes[2].axhline(photos["leave_one_out_class_share"], color="grey", linestyle=":", label="the photos' own")
+    axes[3].set(xlabel="nearest photo of the asked class", ylabel="novelty", xlim=(0, 1.05))
+    axes[3].plot([photos["leave_one_out_class_share"]], [1.0], "k*", label="a new real photo")
+    for ax in axes:
+        ax.legend(fontsize=8)
     ddpm.save_figure(fig, path)
 
 
