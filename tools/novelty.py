@@ -77,7 +77,8 @@ def plot(results, path):
     titles = ("novelty (1: like a new real photo)", "copy share", "nearest photo of the asked class",
               "novelty against class share (labels: guidance)")
     for ax, title in zip(axes, titles):
-        ax.set(xlabel="guidance scale", ylim=(0, 1.05))
+        ax.set(xlabel="guidance scale")
+        ax.set_ylim(bottom=0, top=max(1.05, ax.get_ylim()[1]))  # novelty may pass 1: keep it in view
         ax.set_title(title, fontsize=10)
     photos = next(iter(next(iter(results.values())).values()))
     axes[0].axhline(1.0, color="grey", linestyle=":")
