@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,14 +40,15 @@ def guidance_only_between(first, last):
         ddpm.guided_output = guided_output
 
 
-def novelty_by_guidance(spec, data_dir, scales, per_class, seed=0, steps=50):
-    """{scale: nearest-neighbour summary} for one checkpoint, given as PATH or PATH@FIRST,LAST."""
+def novelty_by_guidance(spec, data_dir, scales, per_class, seed=0, steps=50, grid=None):
+    """{scale: nearest-neighbour summary} for one checkpoint, given as PATH or PATH@FIRST,LAST. With `grid`, also
+    writes there the first 4 samples of each class at the default guidance (a column per class)."""
     path, _, interval = spec.partition("@")
     with guidance_only_between(*map(int, interval.split(","))) if interval else contextlib.nullcontext():
-        return guided_novelty(path, data_dir, scales, per_class, seed, steps)
+        return guided_novelty(path, data_dir, scales, per_class, seed, steps, grid)
 
 
-def guided_novelty(path, data_dir, scales, per_class, seed, steps):
+def guided_novelty(path, data_dir, scales, per_class, seed, steps, grid):
     model, schedule, cfg = ddpm.load_model(path)
     images, photo_labels = ddpm.training_images(data_dir, cfg)
     reference = ddpm.leave_one_out(images)
@@ -56,6 +58,9 @@ def guided_novelty(path, data_dir, scales, per_class, seed, steps):
         chunks = ddpm.sample_in_chunks(model, schedule, cfg, asked, len(asked), seed=seed, sampler="ddim",
                                        steps=steps, guidance=scale)
         samples = torch.cat([images_of_chunk for _, images_of_chunk in chunks])
+        if grid and scale == ddpm.DEFAULT_GUIDANCE:
+            ddpm.save_png(make_grid(ddpm.to_uint8(samples[:4 * cfg.num_classes]), nrow=cfg.num_classes, pad_value=255),
+                          grid)
         results[f"{scale:g}"] = ddpm.nearest_neighbour_summary(*ddpm.nearest_training_images(samples, images),
                                                                reference, asked, photo_labels)
         print(f"{path}: guidance {scale:g}: novelty {results[f'{scale:g}']['novelty']:.2f}", file=sys.stderr)
@@ -98,10 +103,13 @@ def main(argv=None):
     p.add_argument("--scales", type=lambda text: [float(v) for v in text.split(",")], default=[1.0, 2.0, 3.0, 4.0])
     p.add_argument("--per-class", type=ddpm.positive_int, default=20)
     p.add_argument("--out", type=Path, default=ROOT / "results")
+    p.add_argument("--grids", action="store_true", help="also write samples_NAME.png at the default guidance")
     args = p.parse_args(argv)
     models = dict(m.split("=", 1) for m in args.model or [f"shipped={ddpm.DEFAULT_CHECKPOINT}"])
-    results = {name: novelty_by_guidance(path, args.data_dir, args.scales, args.per_class) for name, path in models.items()}
     args.out.mkdir(parents=True, exist_ok=True)
+    results = {name: novelty_by_guidance(path, args.data_dir, args.scales, args.per_class,
+                                         grid=args.out / f"samples_{name}.png" if args.grids else None)
+               for name, path in models.items()}
     plot(results, args.out / "novelty_vs_guidance.png")
     (args.out / "novelty_by_guidance.json").write_text(json.dumps(
         {"per_class": args.per_class, "sampler": "ddim", "steps": 50,
