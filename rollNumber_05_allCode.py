@@ -88,6 +88,9 @@ class Config:
     # 32 px: small enough for a laptop CPU (results/cpu_training.png); 64 px wants a GPU
     image_size: int = option(32, "training resolution in pixels", type=positive_int)
     flip: bool = option(True, "random left-right flips (--no-flip: none)", action=argparse.BooleanOptionalAction)
+    # 0.15: at the default length far fewer samples copy a photo, yet they show their class (results/augment_32px)
+    augment: float = option(0.15, "probability of each non-leaking augmentation (vertical flip, quarter turn, "
+                                  "shift; 0: none)", type=probability)
     # forward process
     timesteps: int = option(1000, "diffusion steps T", type=positive_int)
     schedule: str = option("linear", "beta schedule", choices=["linear", "cosine"])
@@ -121,11 +124,12 @@ class Config:
     max_bad_steps: int = option(20, "stop after this many non-finite losses in a row", type=positive_int)
 
 ARCHITECTURE_KEYS = ("image_size", "timesteps", "patch_size", "base_channels", "channel_mults", "num_res_blocks",
-                     "attention_resolutions", "conditional", "num_classes")
+                     "attention_resolutions", "conditional", "num_classes", "augment")
 
 def config_from_dict(stored):
     known = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in stored.items() if k in known})
+    # a checkpoint from before --augment existed was trained without it
+    return Config(**{"augment": 0.0, **{k: v for k, v in stored.items() if k in known}})
 
 def check_image_size(cfg):
     if not cfg.channel_mults:
@@ -199,12 +203,14 @@ def to_model_range(images_uint8):
 class AnimalPhotos(torch.utils.data.Dataset):
     """The chosen classes' photos, decoded once and cached in memory as uint8 (the set is tiny).
 
-    Items are (image in [-1, 1], class index); a random horizontal flip is applied when `flip` is set.
-    Unreadable files are skipped and listed in `skipped`.
+    Items are (image in [-1, 1], class index, augmentation parameters); a random horizontal flip is applied when
+    `flip` is set, the non-leaking augmentations with probability `augment` each. Unreadable files are skipped
+    and listed in `skipped`.
     """
 
-    def __init__(self, root, class_names=None, num_classes=5, images_per_class=20, image_size=64, flip=True):
-        self.flip = flip
+    def __init__(self, root, class_names=None, num_classes=5, images_per_class=20, image_size=64, flip=True,
+                 augment=0.0):
+        self.flip, self.augment = flip, augment
         folders = select_classes(root, class_names, num_classes)
         self.class_names = [f.name for f in folders]
         self.skipped = []
@@ -247,7 +253,32 @@ class AnimalPhotos(torch.utils.data.Dataset):
         x = to_model_range(self.images[i])
         if self.flip and torch.rand(()) < 0.5:  # a mirrored animal is still the same animal: free extra data
             x = x.flip(-1)
-        return x, int(self.labels[i])
+        x, params = augment_image(x, self.augment)
+        return x, int(self.labels[i]), params
+
+AUGMENT_DIMS = 5  # vertical flip, quarter turn (cos - 1, sin), shift (x, y)
+
+def augment_image(x, p):
+    """Non-leaking augmentation (Karras et al. 2022, appendix): each transform happens with probability p and
+    its parameters go to the network as conditioning, zero when nothing was done. A turned or shifted animal is
+    not a photo to imitate, so sampling asks for zero parameters and the model draws none of them; training
+    still learns from every pixel of the altered copies. Returns (image, parameters)."""
+    params = torch.zeros(AUGMENT_DIMS)
+    if p == 0:
+        return x, params
+    if torch.rand(()) < p:
+        x, params[0] = x.flip(-2), 1.0
+    if torch.rand(()) < p:
+        turns = int(torch.randint(1, 4, ()))
+        x, angle = x.rot90(turns, dims=(-2, -1)), turns * math.pi / 2
+        params[1], params[2] = round(math.cos(angle)) - 1, round(math.sin(angle))  # exact: sin(pi) is not 0 in floats
+    if torch.rand(()) < p:
+        reach = max(1, x.shape[-1] // 8)  # up to an eighth of the image, the edge mirrored into the gap
+        dx, dy = torch.randint(-reach, reach + 1, (2,)).tolist()
+        padded = F.pad(x[None], (reach,) * 4, mode="reflect")[0]
+        x = padded[:, reach + dy:reach + dy + x.shape[-2], reach + dx:reach + dx + x.shape[-1]]
+        params[3], params[4] = dx / reach, dy / reach
+    return x, params
 
 def batch_indices(num_images, batch_size, step, seed):
     """The images of one training step: the step's slice of a stream of seeded shuffles, one shuffle per pass.
@@ -435,6 +466,8 @@ class UNet(nn.Module):
             nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # learned class vectors plus one "no class" entry, added to the time embedding (classifier-free guidance)
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.conditional else None
+        # the augmentation parameters, added to the embedding; no bias, so "not augmented" (zeros) adds nothing
+        self.augment_emb = nn.Linear(AUGMENT_DIMS, emb_dim, bias=False) if cfg.augment > 0 else None
         # space-to-depth: each p x p patch becomes one pixel of 3p^2 channels, so every layer runs on p^2 times
         # fewer pixels (the biggest saving on a CPU); p = 1 keeps full resolution
         self.patch = cfg.patch_size
@@ -465,11 +498,13 @@ class UNet(nn.Module):
         # zero: the first prediction is 0, the noise's mean; depth-to-space turns 3p^2 channels back into p x p pixels
         self.out_conv = zero_init(nn.Conv2d(in_ch, 3 * self.patch ** 2, 3, padding=1))
 
-    def forward(self, x, t, labels=None):
+    def forward(self, x, t, labels=None, augment=None):
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
         if self.class_emb is not None:
             labels = torch.full_like(t, self.null_class) if labels is None else labels
             emb = emb + self.class_emb(labels)
+        if self.augment_emb is not None and augment is not None:  # sampling passes none: unaugmented images
+            emb = emb + self.augment_emb(augment)
         h = self.stem(F.pixel_unshuffle(x, self.patch))
         skips = [h]
         for layer in self.down:
@@ -505,7 +540,7 @@ def diffusion_loss(prediction, target, kind="mse"):
         raise UserError(f"unknown --loss {kind!r}; use mse, l1 or huber")
     return per_pixel.flatten(1).mean(dim=1)
 
-def training_loss(model, schedule, x0, labels, cfg):
+def training_loss(model, schedule, x0, labels, cfg, augment=None):
     """Ho et al. algorithm 1: random t, noise x_0 through q(x_t | x_0), score the network's guess of the noise.
     Returns the per-image losses and the timesteps drawn (for the per-timestep log)."""
     t = torch.randint(0, schedule.timesteps, (len(x0),), device=x0.device)
@@ -514,7 +549,7 @@ def training_loss(model, schedule, x0, labels, cfg):
     if labels is not None and cfg.cond_drop > 0:  # drop the class sometimes, so one net is also the unconditional one
         dropped = torch.rand(len(x0), device=x0.device) < cfg.cond_drop
         labels = torch.where(dropped, torch.full_like(labels, cfg.num_classes), labels)
-    return diffusion_loss(model(x_t, t, labels), noise, cfg.loss), t
+    return diffusion_loss(model(x_t, t, labels, augment), noise, cfg.loss), t
 
 # ---------------------------------------------------------------------------------------------
 # 5. Training
@@ -807,13 +842,13 @@ def build_trainer(cfg, device, total_steps, world_size=1, rank=0):
                    torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                    NoiseSchedule(cfg.timesteps, cfg.schedule, device), amp_dtype, total_steps, rank, world_size)
 
-def train_step(trainer, x0, labels, step):
+def train_step(trainer, x0, labels, step, augment=None):
     """One AdamW update with gradient clipping, then the EMA and learning-rate updates. Returns (per-image losses,
     t, gradient norm), or None when the loss or the gradients are not finite: then the update is skipped, so one
     bad batch cannot poison the weights. Under torchrun the gradient norm is that of the averaged gradients, so
     every process takes the same decision."""
     with autocast(x0.device, trainer.amp_dtype):
-        losses, t = training_loss(trainer.forward_model, trainer.schedule, x0, labels, trainer.cfg)
+        losses, t = training_loss(trainer.forward_model, trainer.schedule, x0, labels, trainer.cfg, augment)
     loss = losses.mean()
     trainer.scaler.scale(loss).backward()
     trainer.scaler.unscale_(trainer.optimizer)  # clip the true gradients, not the scaled ones
@@ -851,7 +886,7 @@ def any_rank(flag, trainer):
 
 def load_training_data(cfg):
     data = AnimalPhotos(cfg.data_dir, cfg.classes or None, cfg.num_classes, cfg.images_per_class,
-                        cfg.image_size, cfg.flip)
+                        cfg.image_size, cfg.flip, cfg.augment)
     if data.skipped:
         print(f"skipped {len(data.skipped)} unreadable file(s):", file=sys.stderr)
     for path, reason in data.skipped:
@@ -943,9 +978,9 @@ def training_loop(trainer, stop):
     steps = range(trainer.step, trainer.total_steps)
     batches = batch_loader(trainer.data, steps, cfg.batch_size * trainer.world_size, trainer.rank, trainer.world_size,
                            cfg.seed, on_gpu=device.type == "cuda")
-    for step, (x0, labels) in zip(steps, batches):
-        x0, labels = x0.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        stats = train_step(trainer, x0, labels if cfg.conditional else None, step)
+    for step, (x0, labels, augment) in zip(steps, batches):
+        x0, labels, augment = (v.to(device, non_blocking=True) for v in (x0, labels, augment))
+        stats = train_step(trainer, x0, labels if cfg.conditional else None, step, augment if cfg.augment else None)
         trainer.step, trainer.bad_steps = step + 1, trainer.bad_steps + (stats is None)
         bad_in_a_row = 0 if stats else bad_in_a_row + 1
         if trainer.log:
@@ -1001,6 +1036,8 @@ def train(cfg, out_dir, device="auto", resume=False, explicit=()):
         save_checkpoint(trainer)
         if rank == 0:
             finish_run(trainer)
+        if world_size > 1:  # the others wait for rank 0's files: a process that leaves early can abort the group
+            torch.distributed.barrier()
     finally:
         if world_size > 1:
             torch.distributed.destroy_process_group()
@@ -1273,9 +1310,10 @@ def image_distances(images, train_images):
     candidates = torch.stack([train_images, train_images.flip(-1)]).flatten(2).float()  # [2, N, D]
     return torch.cdist(flat[None].expand(2, -1, -1), candidates).amin(0) / math.sqrt(flat.shape[1])
 
-def leave_one_out_distances(train_images):
-    """Each training image's distance to the nearest of the others: where a new real photo would sit."""
-    return image_distances(train_images, train_images).fill_diagonal_(math.inf).amin(1)
+def leave_one_out(train_images):
+    """Each training image's distance to the nearest of the others, and which one that is: where a new real photo
+    would sit, and how often the nearest photo of a new real photo is of its own class."""
+    return image_distances(train_images, train_images).fill_diagonal_(math.inf).min(1)
 
 def nearest_training_images(samples, train_images):
     """For each sample: RMS pixel distance to its nearest and second-nearest training image, and their indices."""
@@ -1287,11 +1325,12 @@ def memorisation_rate(distances):
     return float((distances[:, 0] < distances[:, 1] / 3).float().mean())
 
 def nearest_neighbour_summary(distances, indices, reference, asked=None, photo_labels=None):
-    """The numbers of the nearest-neighbour test. The yardstick is `reference`, the photos' leave-one-out
-    distances (how far a new real photo sits from the set): novelty is the samples' median distance over the
-    reference's median (about 1 for new photos, 0 for copies), and a sample closer than the reference's 5th
-    percentile counts as a copy. With the asked classes, the share of samples whose nearest photo is of that class."""
-    nearest = distances[:, 0]
+    """The numbers of the nearest-neighbour test. The yardstick is `reference`, the photos' leave_one_out (how
+    far a new real photo sits from the set): novelty is the samples' median distance over the reference's
+    median (about 1 for new photos, 0 for copies), and a sample closer than the reference's 5th percentile
+    counts as a copy. With the asked classes, the share of samples whose nearest photo is of that class, beside
+    the same share for the photos themselves (a new real photo's nearest photo is often of another class)."""
+    nearest, reference, reference_nearest = distances[:, 0], reference.values, reference.indices
     summary = {"nearest_distance_mean": float(nearest.mean()), "nearest_distance_min": float(nearest.min()),
                "nearest_distance_median": float(nearest.median()), "leave_one_out_median": float(reference.median()),
                "novelty": float(nearest.median() / reference.median()),
@@ -1301,6 +1340,7 @@ def nearest_neighbour_summary(distances, indices, reference, asked=None, photo_l
                "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
     if asked is not None:
         summary["asked_class_share"] = float((photo_labels[indices[:, 0]] == asked).float().mean())
+        summary["leave_one_out_class_share"] = float((photo_labels[reference_nearest] == photo_labels).float().mean())
     return summary
 
 def training_images(data_dir, cfg):
@@ -1324,7 +1364,7 @@ def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, samp
               "classes": cfg.classes, "train_images": len(images),
               "denoising_loss": loss, "denoising_loss_per_t": loss_per_t,
               "samples": num_samples, "sampler": sampler, "steps": steps, "guidance": guidance,
-              **nearest_neighbour_summary(distances, indices, leave_one_out_distances(images), asked, labels)}
+              **nearest_neighbour_summary(distances, indices, leave_one_out(images), asked, labels)}
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))

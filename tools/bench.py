@@ -70,14 +70,15 @@ def peer_settings(block_channels, layers_per_block, cfg):
 
 
 class PeerUNet(nn.Module):
-    """diffusers' UNet2DModel called like ours: model(x_t, t, labels) -> noise estimate."""
+    """diffusers' UNet2DModel called like ours: model(x_t, t, labels, augment) -> noise estimate. The bench
+    feeds no augmentation parameters (tensors stand in for the photos), so `augment` is always None here."""
 
     def __init__(self, settings):
         super().__init__()
         from diffusers import UNet2DModel
         self.net = UNet2DModel(**settings)
 
-    def forward(self, x, t, labels=None):
+    def forward(self, x, t, labels=None, augment=None):
         return self.net(x, t, class_labels=labels, return_dict=False)[0]
 
 

@@ -14,7 +14,7 @@ CLASSES=Dolphin,Giraffe,Panda,Tiger,Zebra
 COMMON="--data-dir $DATA --classes $CLASSES --conditional --image-size 64 --patch-size 2 --base-channels 64
         --channel-mults 1,2,2,2 --batch-size 256 --lr 5e-4 --epochs 6464 --dropout 0.1 --seed 0 --log-every 10
         --sample-every 500 --save-every 100000 --compile"
-declare -A EXTRA=([aug00]="" [aug05]="--augment 0.05" [aug15]="--augment 0.15" [aug30]="--augment 0.3")
+declare -A EXTRA=([aug00]="--augment 0" [aug05]="--augment 0.05" [aug15]="--augment 0.15" [aug30]="--augment 0.3")
 mkdir -p "$RUNS" "$OUT"
 started=$(date +%s)
 for run in "${!EXTRA[@]}"; do
