@@ -58,7 +58,8 @@ def ambient_loss(model, schedule, photo_and_copy_noise, labels, cfg, augment=Non
     x0, copy_noise = photo_and_copy_noise.chunk(2, dim=1)
     if not 1 <= noisy_from < schedule.timesteps:
         raise ddpm.UserError(f"--noisy-from {noisy_from} must be a step between 1 and {schedule.timesteps - 1}")
-    copy = schedule.q_sample(x0, torch.full((len(x0),), noisy_from - 1, device=x0.device), copy_noise)  # x_N ~ q(x_N | x_0)
+    step_n = torch.full((len(x0),), noisy_from - 1, device=x0.device)
+    copy = schedule.q_sample(x0, step_n, copy_noise)  # x_N ~ q(x_N | x_0)
     t = torch.randint(0, schedule.timesteps, (len(x0),), device=x0.device)
     noise = torch.randn_like(x0)
     alpha_bar_t, alpha_bar_n, c1, c2 = ambient_terms(schedule, t, noisy_from)
@@ -71,9 +72,9 @@ def ambient_loss(model, schedule, photo_and_copy_noise, labels, cfg, augment=Non
     guess = model(x_t, t, labels, augment).float()
     sigma_t, root_a_t = (1 - alpha_bar_t).sqrt(), alpha_bar_t.sqrt()
     scale = 1 / (sigma_t * alpha_bar_n.sqrt())
-    ambient = ddpm.diffusion_loss(c1 * scale * sigma_t * guess, ((c1 + c2 * root_a_t) * x_t - root_a_t * copy) * scale,
-                                  cfg.loss)
-    return torch.where(t >= noisy_from, ambient, ddpm.diffusion_loss(guess, noise, cfg.loss)), t
+    target = ((c1 + c2 * root_a_t) * x_t - root_a_t * copy) * scale
+    ambient = ddpm.diffusion_loss(c1 / alpha_bar_n.sqrt() * guess, target, cfg.loss)
+    return torch.where(from_copy.flatten(), ambient, ddpm.diffusion_loss(guess, noise, cfg.loss)), t
 
 
 def main(argv):
