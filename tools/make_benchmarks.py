@@ -2,8 +2,8 @@
 
     python tools/make_benchmarks.py [--check]
 
-The speed and engineering record of the repository: benchmarks, the comparison with a reference U-Net, and the
-commands behind results/. It stays out of Report.pdf and out of the submission. The source uses the placeholders,
+The speed and engineering record of the repository: benchmarks, what made the code faster, and the commands
+behind results/. It stays out of Report.pdf and out of the submission. The source uses the placeholders,
 !let and !check lines of tools/make_report.py; the output is plain markdown. --check writes nothing and fails
 when BENCHMARKS.md is not what the current source and results give.
 """
