@@ -14,9 +14,11 @@ Gaussian noise, beta_t the schedule, alpha_t = 1 - beta_t and alpha_bar_t = prod
 Timestep indices run 0..T-1 in code; index i is the paper's step t = i + 1.
 """
 import argparse
+import contextlib
 import copy
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -24,6 +26,7 @@ import platform
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,73 +65,70 @@ int_list = checked(lambda text: [int(v) for v in text.split(",") if v.strip()], 
 def name_list(text):
     return [v.strip() for v in text.split(",") if v.strip()]
 
-def option(default, help, **argparse_settings):
-    """A Config field that is also a `train` flag: its help and argparse settings travel with the field."""
-    settings = {"metadata": {"help": help, **argparse_settings}}
-    return field(default_factory=lambda: list(default), **settings) if isinstance(default, list) else \
-        field(default=default, **settings)
-
 @dataclass
 class Config:
-    """Everything that defines a run: one field per `train` flag, with its help. Saved inside every checkpoint."""
+    """Everything that defines a run, saved inside every checkpoint. Each field is a `train` flag of the same name
+    (--image-size sets image_size); the help of each is in add_train_parser."""
     # data
-    data_dir: str = option("", "folder holding one subfolder of images per class")
-    classes: list = option([], "comma-separated class names, e.g. Dolphin,Zebra", type=name_list)
-    num_classes: int = option(5, "without --classes: the first N classes alphabetically", type=positive_int)
-    images_per_class: int = option(20, "photos per class, in sorted file order", type=positive_int)
-    # 32 px: small enough for a laptop CPU (results/cpu_training.png); 64 px wants a GPU
-    image_size: int = option(32, "training resolution in pixels", type=positive_int)
-    flip: bool = option(True, "random left-right flips (--no-flip: none)", action=argparse.BooleanOptionalAction)
+    data_dir: str = ""
+    classes: list = field(default_factory=list)  # empty: the first num_classes folders alphabetically
+    num_classes: int = 5
+    images_per_class: int = 20
+    image_size: int = 64
+    flip: bool = True
     # 0.15: at the default length far fewer samples copy a photo, yet they show their class (results/augment_32px)
-    augment: float = option(0.15, "probability of each non-leaking augmentation (vertical flip, quarter turn, "
-                                  "shift; 0: none)", type=probability)
+    augment: float = 0.15
     # forward process
-    timesteps: int = option(1000, "diffusion steps T", type=positive_int)
-    schedule: str = option("linear", "beta schedule", choices=["linear", "cosine"])
+    timesteps: int = 1000
+    schedule: str = "linear"
     # model
-    patch_size: int = option(2, "pixels per side folded into channels before the U-Net", type=positive_int)
-    base_channels: int = option(32, "channels at full resolution", type=positive_int)
-    channel_mults: list = option([1, 2, 2, 4], "channel multiplier per resolution level", type=int_list)
-    num_res_blocks: int = option(1, "residual blocks per level", type=positive_int)
-    attention_resolutions: list = option([8], "feature-map sizes with self-attention", type=int_list)
-    dropout: float = option(0.0, "dropout in residual blocks", type=probability)
-    # class-conditional: every class can be asked for, and guidance sharpens it
-    conditional: bool = option(True, "class-conditional (--no-conditional: one model of all classes)",
-                               action=argparse.BooleanOptionalAction)
-    cond_drop: float = option(0.1, "probability of training a step without its class", type=probability)
-    loss: str = option("mse", "loss function", choices=["mse", "l1", "huber"])
-    # training; 2,070 passes over 99 photos = 6,404 steps of 32 (results/cpu_training.png)
-    epochs: int = option(2070, "passes over the photos: steps = epochs x photos / batch", type=positive_int)
-    batch_size: int = option(32, "images per step and process; 256 on a GPU unless given", type=positive_int)
-    lr: float = option(1e-3, "peak AdamW learning rate (the sweep's best, results/lr_sweep.png)", type=positive_float)
-    weight_decay: float = option(0.0, "AdamW weight decay", type=non_negative_float)
-    warmup_steps: int = option(200, "linear learning-rate warm-up steps", type=non_negative_int)
-    grad_clip: float = option(1.0, "gradient-norm clip", type=positive_float)
-    ema_decay: float = option(0.999, "EMA decay of the sampling weights", type=probability)
-    seed: int = option(0, "random seed", type=int)
-    precision: str = option("auto", "auto: bf16 on GPUs with bf16 tensor cores, fp16 on older ones, else fp32",
-                            choices=["auto", "fp32", "bf16", "fp16"])
-    compile: bool = option(False, "torch.compile the model (slow start, faster steps)", action="store_true")
-    log_every: int = option(10, "steps per log.csv row", type=positive_int)
-    sample_every: int = option(400, "steps between sample grids (0: only at the end)", type=non_negative_int)
-    save_every: str = option("5m", "checkpoint every N steps (500) or minutes (5m)")
-    max_bad_steps: int = option(20, "stop after this many non-finite losses in a row", type=positive_int)
+    patch_size: int = 2
+    base_channels: int = 32
+    channel_mults: list = field(default_factory=lambda: [1, 2, 2, 4])
+    num_res_blocks: int = 1
+    attention_resolutions: list = field(default_factory=lambda: [8])
+    head_channels: int = 16  # a full-resolution layer against the patch folding's grid (UNet.__init__)
+    dropout: float = 0.0
+    conditional: bool = True  # every class can be asked for, and guidance sharpens it
+    cond_drop: float = 0.1
+    # loss
+    loss: str = "mse"
+    min_snr_gamma: float = 5.0  # Min-SNR-5 weighting (min_snr_weight)
+    # training: 64 px in under an hour on a 2-core CPU (results/cpu_64px): 60% of the 8,354 steps at half size
+    low_res_share: float = 0.6
+    epochs: int = 2700
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    precision: str = "auto"
+    compile: bool = False
+    log_every: int = 10
+    sample_every: int = 1000
+    save_every: int = 500
+    max_bad_steps: int = 20
 
 ARCHITECTURE_KEYS = ("image_size", "timesteps", "patch_size", "base_channels", "channel_mults", "num_res_blocks",
-                     "attention_resolutions", "conditional", "num_classes", "augment")
+                     "attention_resolutions", "head_channels", "conditional", "num_classes", "augment")
+# what a checkpoint made before these options existed was trained without
+BEFORE_OPTIONS = {"augment": 0.0, "head_channels": 0, "min_snr_gamma": 0.0, "low_res_share": 0.0}
 
 def config_from_dict(stored):
     known = {f.name for f in dataclasses.fields(Config)}
-    # a checkpoint from before --augment existed was trained without it
-    return Config(**{"augment": 0.0, **{k: v for k, v in stored.items() if k in known}})
+    return Config(**{**BEFORE_OPTIONS, **{k: v for k, v in stored.items() if k in known}})
 
 def check_image_size(cfg):
     if not cfg.channel_mults:
         raise UserError("--channel-mults needs at least one level, e.g. 1,2,2,4")
-    factor = cfg.patch_size * 2 ** (len(cfg.channel_mults) - 1)
+    halving_first = 2 if cfg.low_res_share else 1  # progressive resolution trains at half size first
+    factor = halving_first * cfg.patch_size * 2 ** (len(cfg.channel_mults) - 1)
     if cfg.image_size < 8 or cfg.image_size % factor:
         raise UserError(f"--image-size {cfg.image_size} does not fit this U-Net: it must be at least 8 and a multiple "
-                        f"of {factor} (patches of {cfg.patch_size}, then {len(cfg.channel_mults) - 1} halvings); "
+                        f"of {factor} ({'half size first, then ' * (halving_first == 2)}patches of {cfg.patch_size}, "
+                        f"then {len(cfg.channel_mults) - 1} halvings); "
                         f"try {max(math.ceil(8 / factor), round(cfg.image_size / factor)) * factor}")
 
 # ---------------------------------------------------------------------------------------------
@@ -271,23 +271,26 @@ def augment_image(x, p):
         params[3], params[4] = dx / reach, dy / reach
     return x, params
 
-def batch_indices(num_images, batch_size, step, seed):
-    """The images of one training step: the step's slice of a stream of seeded shuffles, one shuffle per pass.
-    Every photo is seen once per pass, a batch larger than the set repeats photos, and a step always gets the
-    same images, so a resumed run sees the data order of an uninterrupted one."""
-    start, end = step * batch_size, (step + 1) * batch_size
-    passes = range(start // num_images, (end - 1) // num_images + 1)
-    stream = torch.cat([torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 100_003 + p))
-                        for p in passes])
-    offset = passes[0] * num_images
-    return stream[start - offset:end - offset]
+def image_order(num_images, seed):
+    """Photo indices without end, one seeded shuffle per pass: every photo is seen once per pass, and the order
+    is the same in every run with this seed (global random numbers play no part)."""
+    for pass_number in itertools.count():
+        shuffle = torch.Generator().manual_seed(seed * 1000 + pass_number)
+        yield from torch.randperm(num_images, generator=shuffle).tolist()
+
+def step_batches(num_images, global_batch, steps, seed):
+    """The photo indices of each step in `steps`, consecutive slices of image_order (so a batch larger than the set
+    repeats photos). A resumed run skips the steps.start * global_batch images already trained on and so sees the
+    data order of an uninterrupted run."""
+    order = itertools.islice(image_order(num_images, seed), steps.start * global_batch, None)
+    return [list(itertools.islice(order, global_batch)) for _ in steps]
 
 def batch_loader(data, steps, global_batch, rank, world_size, seed, on_gpu):
-    """The batches of `steps` read through the dataset, flips included: at each step this process's slice of the
-    global batch. On a GPU one worker process prepares the next batch while the GPU computes this one."""
-    slices = [batch_indices(len(data), global_batch, step, seed).view(world_size, -1)[rank].tolist() for step in steps]
+    """The batches of `steps` read through the dataset (flips drawn there): at each step this process's share of
+    the global batch. On a GPU one worker process prepares the next batch while the GPU computes this one."""
+    batches = [batch[rank::world_size] for batch in step_batches(len(data), global_batch, steps, seed)]
     # its own generator: making the loader then draws nothing from the global random numbers a resume restores
-    return torch.utils.data.DataLoader(data, batch_sampler=slices, num_workers=int(on_gpu), pin_memory=on_gpu,
+    return torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=int(on_gpu), pin_memory=on_gpu,
                                        generator=torch.Generator().manual_seed(seed))
 
 # ---------------------------------------------------------------------------------------------
@@ -321,6 +324,7 @@ class NoiseSchedule:
             "alphas_cumprod_prev": alphas_cumprod_prev,
             "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1 - alphas_cumprod).sqrt(),
+            "signal_to_noise": alphas_cumprod / (1 - alphas_cumprod),  # SNR_t: signal variance over noise variance
             "posterior_variance": betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod),  # beta tilde, eq. 7
             "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),
             "posterior_mean_coef2": (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod),
@@ -334,7 +338,9 @@ class NoiseSchedule:
         return values[t].view(-1, 1, 1, 1)
 
     def q_sample(self, x0, t, noise):
-        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) epsilon: q(x_t | x_0) in closed form (eq. 4)."""
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) epsilon: q(x_t | x_0) in closed form (eq. 4).
+        It equals t steps of q_step: the scalings sqrt(alpha_s) multiply to sqrt(alpha_bar_t), and independent
+        Gaussian noises add their variances, which come to 1 - alpha_bar_t (tests/test_schedule.py checks it)."""
         return self.gather(self.sqrt_alphas_cumprod, t) * x0 + self.gather(self.sqrt_one_minus_alphas_cumprod, t) * noise
 
     def q_step(self, x_prev, t, noise):
@@ -375,7 +381,9 @@ def zero_init(module):
     return module
 
 def timestep_embedding(t, dim):
-    """Sinusoidal features of t (Transformer positional encoding): smooth in t and distinct for every step."""
+    """Sinusoidal features of t (Transformer positional encoding): smooth in t and distinct for every step.
+    dim/2 frequencies from 1 down to 1/10,000 in a geometric series: the fastest tells t from t + 1, the slowest
+    (period about 60,000 steps) varies smoothly over all T; 10,000 is the Transformer paper's constant."""
     half = dim // 2
     freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     angles = t.float()[:, None] * freqs[None]
@@ -413,6 +421,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         b, c, h, w = x.shape
+        # [b, 3c, h, w] -> [b, 3, heads, h*w pixels, c/heads]: every pixel is a token, q, k, v split by head
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
         # fused attention kernel (flash / memory-efficient where available): no h*w x h*w matrix kept for backward
         attended = F.scaled_dot_product_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])
@@ -460,7 +469,8 @@ class UNet(nn.Module):
         # the augmentation parameters, added to the embedding; no bias, so "not augmented" (zeros) adds nothing
         self.augment_emb = nn.Linear(AUGMENT_DIMS, emb_dim, bias=False) if cfg.augment > 0 else None
         # space-to-depth: each p x p patch becomes one pixel of 3p^2 channels, so every layer runs on p^2 times
-        # fewer pixels (the biggest saving on a CPU); p = 1 keeps full resolution
+        # fewer pixels (the biggest saving on a CPU). The cost: pixels of one patch are computed together and
+        # pixels of neighbouring patches apart, which can show as a faint p x p grid; p = 1 keeps full resolution
         self.patch = cfg.patch_size
         self.stem = nn.Conv2d(3 * self.patch ** 2, ch, 3, padding=1)  # pixels -> feature channels
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
@@ -486,10 +496,17 @@ class UNet(nn.Module):
                 self.up.append(Upsample(in_ch))
                 res *= 2
         self.out_norm = group_norm(in_ch)
-        # zero: the first prediction is 0, the noise's mean; depth-to-space turns 3p^2 channels back into p x p pixels
-        self.out_conv = zero_init(nn.Conv2d(in_ch, 3 * self.patch ** 2, 3, padding=1))
+        out_ch = cfg.head_channels or 3  # without the head, straight to 3p^2 channels = p x p pixels of colour
+        self.out_conv = nn.Conv2d(in_ch, out_ch * self.patch ** 2, 3, padding=1)  # depth-to-space follows in forward
+        # a 3x3 conv at full resolution mixes pixels across patch borders: against the p x p grid of the folding
+        self.head = zero_init(nn.Conv2d(out_ch, 3, 3, padding=1)) if cfg.head_channels else None
+        if self.head is None:  # the last layer starts at zero: the first prediction is 0, the noise's mean
+            zero_init(self.out_conv)
 
     def forward(self, x, t, labels=None, augment=None):
+        """x_t [b, 3, H, W], t [b] -> predicted noise [b, 3, H, W]. With p = 2 and the default 1,2,2,4 at 64 px the
+        features run [b, 32, 32, 32] -> [b, 64, 16, 16] -> [b, 64, 8, 8] (attention) -> [b, 128, 4, 4] (the middle,
+        attention) and back up; the time (and class) embedding is one vector of 4 x 32 = 128 numbers per image."""
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
         if self.class_emb is not None:
             labels = torch.full_like(t, self.null_class) if labels is None else labels
@@ -507,7 +524,8 @@ class UNet(nn.Module):
             if isinstance(layer, Block):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = layer(h, emb)
-        return F.pixel_shuffle(self.out_conv(F.silu(self.out_norm(h))), self.patch)
+        out = F.pixel_shuffle(self.out_conv(F.silu(self.out_norm(h))), self.patch)
+        return out if self.head is None else self.head(F.silu(out))
 
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
@@ -533,6 +551,8 @@ def diffusion_loss(prediction, target, kind="mse"):
 
 def training_loss(model, schedule, x0, labels, cfg, augment=None):
     """Ho et al. algorithm 1: random t, noise x_0 through q(x_t | x_0), score the network's guess of the noise.
+    Why the noise and not x_0 or v: its target is N(0, I) at every t, so one network and one loss scale serve
+    all noise levels, and Ho et al. found it gave better samples than predicting the mean.
     Returns the per-image losses and the timesteps drawn (for the per-timestep log)."""
     t = torch.randint(0, schedule.timesteps, (len(x0),), device=x0.device)
     noise = torch.randn_like(x0)
@@ -540,7 +560,18 @@ def training_loss(model, schedule, x0, labels, cfg, augment=None):
     if labels is not None and cfg.cond_drop > 0:  # drop the class sometimes, so one net is also the unconditional one
         dropped = torch.rand(len(x0), device=x0.device) < cfg.cond_drop
         labels = torch.where(dropped, torch.full_like(labels, cfg.num_classes), labels)
-    return diffusion_loss(model(x_t, t, labels, augment), noise, cfg.loss), t
+    losses = diffusion_loss(model(x_t, t, labels, augment), noise, cfg.loss)
+    return losses * min_snr_weight(schedule, t, cfg.min_snr_gamma), t
+
+def min_snr_weight(schedule, t, gamma):
+    """Min-SNR-gamma weighting (Hang et al. 2023): the noise error at step t equals SNR_t times the error in x_0,
+    so nearly clean steps (SNR up to 10^4) weigh most, though they only polish fine detail. Weighting by
+    min(SNR_t, gamma) / SNR_t caps them at gamma and leaves the noisy steps, which decide an animal's shape and
+    class, at 1 (gamma = 5 is the paper's; 0: every step weighs 1, the plain DDPM loss)."""
+    if not gamma:
+        return torch.ones_like(t, dtype=torch.float32)
+    snr = schedule.signal_to_noise[t]
+    return snr.clamp(max=gamma) / snr
 
 # ---------------------------------------------------------------------------------------------
 # 5. Training
@@ -604,42 +635,28 @@ class EMA:
         for averaged, current in zip(self.model.parameters(), model.parameters()):
             averaged.lerp_(current, 1 - decay)  # averaged = decay * averaged + (1 - decay) * current
 
-def parse_save_every(text):
-    """'500' -> every 500 steps; '5m' -> every 5 minutes. Returns (steps, seconds), one of them None."""
-    text = str(text).strip().lower()
-    try:
-        if text.endswith("m") and 0 < float(text[:-1]) < math.inf:
-            return None, float(text[:-1]) * 60
-        if not text.endswith("m") and int(text) > 0:
-            return int(text), None
-    except ValueError:
-        pass
-    raise UserError(f"--save-every {text!r} is not a positive step count (500) or minutes (5m)")
-
 def checkpoint_dir(out_dir):
     return Path(out_dir) / "checkpoints"
 
 def save_atomically(payload, path):
-    """Write to a temporary file in the same folder, fsync, then rename over the target: a crash at any moment
-    leaves either the old file or the complete new one, never a half-written file."""
+    """Saves to a temporary file, then renames it over `path`. A rename is all-or-nothing, so a full disk or a crash
+    mid-save leaves the previous checkpoint whole (a kill -9 leaves the .tmp file, which the next run deletes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+        torch.save(payload, tmp)
         os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise UserError(f"could not write {path} ({err.strerror or err}); the previous checkpoint is intact") from None
-        raise
+    except OSError as err:
+        raise UserError(f"could not write {path} ({err.strerror or err}); the previous checkpoint is intact") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # still there only if the save failed
 
 def load_checkpoint(path):
     """torch.load with weights_only=True: tensors and plain values only, so a crafted file cannot run code."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; give the file, e.g. {path / 'model.pt'}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
@@ -649,9 +666,6 @@ def load_checkpoint(path):
                         f"PyTorch file, or holding Python objects that could run code (refused)") from None
     if not isinstance(payload, dict) or "config" not in payload or not ({"ema", "model"} & payload.keys()):
         raise UserError(f"{path} is not a checkpoint of this script (no config and weights inside)")
-    if payload["config"].get("prediction", "eps") != "eps":
-        raise UserError(f"{path} was made by an earlier version of this script that predicted v, not the noise; "
-                        f"this version cannot sample from it: train it again")
     return payload
 
 def latest_checkpoint(out_dir):
@@ -671,13 +685,11 @@ def build_model(cfg, state_dict=None):
     (oneDNN) and GPUs (cuDNN) are fastest in it at the small batches of sampling."""
     model = UNet(cfg).to(memory_format=torch.channels_last)
     if state_dict is not None:
-        expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
-        misfits = sorted(set(expected.items()) ^ {(name, tuple(value.shape)) for name, value in state_dict.items()})
-        if misfits:
-            raise UserError(f"checkpoint weights do not fit the model its config describes: {misfits[0][0]} is "
-                            f"{tuple(state_dict[misfits[0][0]].shape) if misfits[0][0] in state_dict else 'missing'} "
-                            f"in the file, {expected.get(misfits[0][0], 'absent')} in the model")
-        model.load_state_dict(state_dict)
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError:  # a layer missing, extra or of another shape: the file was edited or damaged
+            raise UserError("checkpoint weights do not fit the model its config describes; "
+                            "train it again or use the file it came with") from None
     return model
 
 def load_model(path=DEFAULT_CHECKPOINT, device="cpu", weights="ema"):
@@ -701,39 +713,35 @@ def resumed_config(stored, given, explicit):
         raise UserError("--resume: the checkpoint was trained with a different model: " + "; ".join(clashes))
     return dataclasses.replace(cfg, **{k: getattr(given, k) for k in explicit if k not in ARCHITECTURE_KEYS})
 
-class GracefulStop:
-    """Ctrl-C or SIGTERM asks the loop to stop after the current step (it then saves); a second Ctrl-C aborts."""
+@contextlib.contextmanager
+def stop_requests():
+    """While training, Ctrl-C (SIGINT) or SIGTERM (sent by a cluster or `kill`) only sets a flag: the loop sees it
+    after the step and saves. Killing the process mid-step could save half-updated weights, or nothing."""
+    requested = threading.Event()
 
-    def __enter__(self):
-        self.signal_name = None
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal_name:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name} received: saving a checkpoint after this step (Ctrl-C again to abort)",
-              file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
+    def request_stop(signum, frame):
+        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step", file=sys.stderr)
+        requested.set()
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:  # the usual handlers again: Ctrl-C during the final sampling ends the program
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 class Progress:
-    """A one-line progress display on stderr (a fresh line every 30 s when stderr is not a terminal)."""
+    """Progress of long work on stderr: a line at most every 15 seconds, and one at the end."""
 
     def __init__(self, total, label):
-        self.total, self.label, self.start, self.last_draw = total, label, time.time(), 0.0
+        self.total, self.label, self.start, self.last_line = total, label, time.time(), 0.0
 
     def update(self, done, text=""):
-        now, is_tty = time.time(), sys.stderr.isatty()
-        if now - self.last_draw < (0.25 if is_tty else 30) and done < self.total:
+        now = time.time()
+        if now - self.last_line < 15 and done < self.total:
             return
-        self.last_draw, elapsed = now, now - self.start
-        line = f"{self.label} {done}/{self.total} [{format_seconds(elapsed)}<" \
-               f"{format_seconds(elapsed / max(done, 1) * (self.total - done))}] {text}"
-        print(f"\r{line}\033[K" if is_tty else line, end="\n" if done == self.total or not is_tty else "",
+        self.last_line, elapsed = now, now - self.start
+        left = elapsed / max(done, 1) * (self.total - done)
+        print(f"{self.label} {done}/{self.total} [{format_seconds(elapsed)} done, {format_seconds(left)} left] {text}",
               file=sys.stderr, flush=True)
 
 def format_seconds(seconds):
@@ -760,23 +768,23 @@ class TrainLog:
         self.reset()
 
     def reset(self):
-        self.sums, self.counts, self.grad_norm, self.steps, self.images = 0, 0, 0, 0, 0
+        self.sums, self.counts, self.grad_norm, self.steps, self.images = [0.0] * 4, [0] * 4, 0.0, 0, 0
         self.window_start = time.time()
 
     def add(self, losses, t, grad_norm, images):
-        """Accumulates on the device; nothing is copied to the host until `write`."""
-        quarter = (t * 4 // self.timesteps).clamp(max=3)
-        self.sums = self.sums + torch.zeros(4, device=t.device).index_add(0, quarter, losses.detach().float())
-        self.counts = self.counts + torch.bincount(quarter, minlength=4)
-        self.grad_norm = self.grad_norm + grad_norm.detach()
+        for loss, step_t in zip(losses.tolist(), t.tolist()):
+            quarter = step_t * 4 // self.timesteps
+            self.sums[quarter] += loss
+            self.counts[quarter] += 1
+        self.grad_norm += grad_norm
         self.steps, self.images = self.steps + 1, self.images + images
 
     def write(self, **row):
         """Appends the window's row and starts a new one. A window whose every step was skipped gets a row
         without losses (its bad_steps still count)."""
         if self.steps:
-            sums, counts = self.sums.tolist(), self.counts.tolist()
-            row.update(loss=sum(sums) / sum(counts), grad_norm=float(self.grad_norm) / self.steps,
+            sums, counts = self.sums, self.counts
+            row.update(loss=sum(sums) / sum(counts), grad_norm=self.grad_norm / self.steps,
                        images_per_s=self.images / (time.time() - self.window_start),
                        **{f"loss_t{q + 1}": (s / c if c else "") for q, (s, c) in enumerate(zip(sums, counts))})
         with open(self.path, "a", newline="") as f:
@@ -843,8 +851,8 @@ def train_step(trainer, x0, labels, step, augment=None):
     loss = losses.mean()
     trainer.scaler.scale(loss).backward()
     trainer.scaler.unscale_(trainer.optimizer)  # clip the true gradients, not the scaled ones
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.grad_clip)
-    finite = torch.isfinite(loss + grad_norm).item()  # the one host sync of a step
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.grad_clip).item()
+    finite = math.isfinite(loss.item() + grad_norm)  # .item() waits for the GPU to finish the backward pass
     if finite:
         trainer.scaler.step(trainer.optimizer)
         if trainer.ema:
@@ -852,7 +860,7 @@ def train_step(trainer, x0, labels, step, augment=None):
     trainer.scaler.update()
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.lr_schedule.step()
-    return (losses, t, grad_norm) if finite else None
+    return (losses.detach().float(), t, grad_norm) if finite else None
 
 def setup_distributed(device_name):
     """Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL with one GPU per process on CUDA, gloo
@@ -891,7 +899,6 @@ def start_run(cfg, out_dir, device, rank, world_size, resume, explicit):
     payload, path = latest_checkpoint(out_dir) if resume else (None, None)
     cfg = resumed_config(payload["config"], cfg, explicit) if payload else cfg
     check_image_size(cfg)
-    parse_save_every(cfg.save_every)  # a bad value fails now, before anything is written
     torch.manual_seed(cfg.seed + rank)  # each process draws its own flips, timesteps and noise
     data = load_training_data(cfg)
     if payload and data.class_names != payload["class_names"]:
@@ -963,14 +970,17 @@ def log_step(trainer, stats, progress):
 def training_loop(trainer, stop):
     """Steps from where the run stands to its last step, or until a signal asks it to stop."""
     cfg, device = trainer.cfg, trainer.schedule.betas.device
-    save_steps, save_seconds = parse_save_every(cfg.save_every)
-    last_save, bad_in_a_row = time.time(), 0
+    bad_in_a_row = 0
     progress = Progress(trainer.total_steps, "train")
     steps = range(trainer.step, trainer.total_steps)
     batches = batch_loader(trainer.data, steps, cfg.batch_size * trainer.world_size, trainer.rank, trainer.world_size,
                            cfg.seed, on_gpu=device.type == "cuda")
     for step, (x0, labels, augment) in zip(steps, batches):
         x0, labels, augment = (v.to(device, non_blocking=True) for v in (x0, labels, augment))
+        # progressive resolution: the first low_res_share of the steps see the photos at half size, 3 times faster
+        # per image on a CPU, to learn shapes and colours; the convolutions then carry on at full size
+        if step < cfg.low_res_share * trainer.total_steps:
+            x0 = F.avg_pool2d(x0, 2)
         stats = train_step(trainer, x0, labels if cfg.conditional else None, step, augment if cfg.augment else None)
         trainer.step, trainer.bad_steps = step + 1, trainer.bad_steps + (stats is None)
         bad_in_a_row = 0 if stats else bad_in_a_row + 1
@@ -983,11 +993,10 @@ def training_loop(trainer, stop):
         if trainer.rank == 0 and cfg.sample_every and trainer.step % cfg.sample_every == 0:
             grid = trainer.out_dir / "samples" / f"step_{trainer.step:08d}.png"
             write_samples(trainer.ema.model, trainer.schedule, cfg, grid)
-        if any_rank(stop.signal_name is not None, trainer):
+        if any_rank(stop.is_set(), trainer):
             break  # train() saves the step reached
-        if (save_steps and trainer.step % save_steps == 0) or (save_seconds and time.time() - last_save > save_seconds):
+        if trainer.step % cfg.save_every == 0:
             save_checkpoint(trainer)
-            last_save = time.time()
 
 def write_run_info(trainer):
     """run_info.json: what the run cost and where it ran, for the report."""
@@ -1022,7 +1031,7 @@ def train(cfg, out_dir, device="auto", resume=False, explicit=()):
     rank, world_size, device = setup_distributed(device)
     try:
         trainer = start_run(cfg, Path(out_dir), device, rank, world_size, resume, explicit)
-        with GracefulStop() as stop:
+        with stop_requests() as stop:
             training_loop(trainer, stop)
         save_checkpoint(trainer)
         if rank == 0:
@@ -1370,11 +1379,47 @@ def add_train_parser(commands):
                             argument_default=argparse.SUPPRESS,  # only the flags given reach the Config
                             description="Train a DDPM. Writes checkpoints/, log.csv, samples/, loss_curve.png and "
                                         "model.pt to --out-dir.")
-    for f in dataclasses.fields(Config):  # a flag per Config field: --image-size fills image_size
-        settings = dict(f.metadata)
-        default = getattr(Config(), f.name)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        p.add_argument(f"--{f.name.replace('_', '-')}", help=f"{settings.pop('help')} (default: {shown})", **settings)
+    d, flag, on_off = Config(), p.add_argument, argparse.BooleanOptionalAction  # d: the defaults --help shows
+    flag("--data-dir", help="folder holding one subfolder of images per class")
+    flag("--classes", type=name_list, help="comma-separated class names, e.g. Dolphin,Zebra")
+    flag("--num-classes", type=positive_int, help=f"without --classes: the first N alphabetically ({d.num_classes})")
+    flag("--images-per-class", type=positive_int, help=f"photos per class, in file order ({d.images_per_class})")
+    flag("--image-size", type=positive_int, help=f"training resolution in pixels ({d.image_size})")
+    flag("--flip", action=on_off, help="random left-right flips (default: on)")
+    flag("--augment", type=probability, help=f"probability of each non-leaking augmentation ({d.augment}; 0: none)")
+    flag("--timesteps", type=positive_int, help=f"diffusion steps T ({d.timesteps})")
+    flag("--schedule", choices=["linear", "cosine"], help=f"beta schedule ({d.schedule})")
+    flag("--patch-size", type=positive_int, help=f"pixels per side folded into channels ({d.patch_size})")
+    flag("--base-channels", type=positive_int, help=f"channels at the first level ({d.base_channels})")
+    flag("--channel-mults", type=int_list, help="channel multiplier per level (1,2,2,4)")
+    flag("--num-res-blocks", type=positive_int, help=f"residual blocks per level ({d.num_res_blocks})")
+    flag("--attention-resolutions", type=int_list, help="feature-map sizes with self-attention (8)")
+    flag("--head-channels", type=non_negative_int, help=f"channels of the full-resolution output layer "
+                                                        f"({d.head_channels}; 0: none)")
+    flag("--dropout", type=probability, help=f"dropout in residual blocks ({d.dropout})")
+    flag("--conditional", action=on_off, help="class-conditional (default: on; --no-conditional: one model)")
+    flag("--cond-drop", type=probability, help=f"share of steps trained without their class ({d.cond_drop})")
+    flag("--loss", choices=["mse", "l1", "huber"], help=f"error between predicted and true noise ({d.loss})")
+    flag("--min-snr-gamma", type=non_negative_float, help=f"Min-SNR weighting cap ({d.min_snr_gamma}; 0: none)")
+    flag("--low-res-share", type=probability, help=f"share of the steps trained at half resolution first "
+                                                   f"({d.low_res_share})")
+    flag("--epochs", type=positive_int, help=f"passes over the photos: steps = epochs x photos / batch ({d.epochs})")
+    flag("--batch-size", type=positive_int, help=f"images per step and process ({d.batch_size}; "
+                                                 f"{GPU_BATCH_SIZE} on a GPU)")
+    flag("--lr", type=positive_float, help=f"peak AdamW learning rate ({d.lr})")
+    flag("--weight-decay", type=non_negative_float, help=f"AdamW weight decay ({d.weight_decay})")
+    flag("--warmup-steps", type=non_negative_int, help=f"linear learning-rate warm-up steps ({d.warmup_steps})")
+    flag("--grad-clip", type=positive_float, help=f"gradient-norm clip ({d.grad_clip})")
+    flag("--ema-decay", type=probability, help=f"EMA decay of the sampling weights ({d.ema_decay})")
+    flag("--seed", type=int, help=f"random seed ({d.seed})")
+    flag("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 on GPUs with bf16 tensor cores, "
+                                                                        "fp16 on older ones, else fp32")
+    flag("--compile", action="store_true", help="torch.compile the model (GPU: slow start, faster steps)")
+    flag("--log-every", type=positive_int, help=f"steps per log.csv row ({d.log_every})")
+    flag("--sample-every", type=non_negative_int, help=f"steps between sample grids ({d.sample_every}; 0: at the end)")
+    flag("--save-every", type=positive_int, help=f"steps between checkpoints ({d.save_every})")
+    flag("--max-bad-steps", type=positive_int, help=f"stop after this many non-finite losses in a row "
+                                                    f"({d.max_bad_steps})")
     p.add_argument("--out-dir", help="run folder (default: runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its latest checkpoint")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto (CUDA, then MPS, then CPU)")

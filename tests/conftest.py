@@ -93,8 +93,8 @@ def make_dataset(tmp_path):
 def tiny_config_values(**overrides):
     values = dict(num_classes=3, images_per_class=IMAGES_PER_CLASS, image_size=16, timesteps=50, patch_size=1,
                   base_channels=8, channel_mults=[1, 2], attention_resolutions=[8], epochs=2, batch_size=4,
-                  lr=2e-3, warmup_steps=5, log_every=1, sample_every=0, save_every="1000", ema_decay=0.9,
-                  conditional=False)
+                  lr=2e-3, warmup_steps=5, log_every=1, sample_every=0, save_every=1000, ema_decay=0.9,
+                  conditional=False, min_snr_gamma=0.0, low_res_share=0.0)  # these two have tests of their own
     values.update(overrides)
     return values
 

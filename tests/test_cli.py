@@ -43,6 +43,7 @@ BAD_INPUT = {
                         "argument --sampler: invalid choice: 'euler'"),
     "missing_checkpoint": (["sample", "--checkpoint", "{tmp}/nowhere.pt", "--device", "cpu"],
                            "nowhere.pt does not exist"),
+    "folder_as_checkpoint": (["sample", "--checkpoint", "{tmp}", "--device", "cpu"], "is a folder; give the file"),
     "text_checkpoint": (["sample", "--checkpoint", "{tmp}/notes.txt", "--device", "cpu"],
                         "notes.txt is not a readable checkpoint"),
     "guidance_unconditional": (["sample", "--checkpoint", "{unconditional}", "--guidance", "2", "--device", "cpu",
@@ -53,7 +54,7 @@ BAD_INPUT = {
                                   "cpu", "--out", "{tmp}/never.png"], "--class-name needs a class-conditional model"),
     "resume_without_out_dir": (["train", "--resume"], "--resume needs the --out-dir"),
     "train_without_data_dir": (["train", "--epochs", "1"], "train needs --data-dir"),
-    "bad_save_every": ([*TRAIN, "--save-every", "soon"], "--save-every 'soon' is not a positive step count"),
+    "bad_save_every": ([*TRAIN, "--save-every", "soon"], "argument --save-every: must be a positive whole number, got soon"),
     "no_subcommand": ([], "the following arguments are required: command"),
 }
 

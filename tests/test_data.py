@@ -212,38 +212,40 @@ def test_horizontal_flip_is_applied_to_items_when_asked(tiny_data):
 
 # --- batch order ---------------------------------------------------------------------------------------------
 
+def flat(batches):
+    return [i for batch in batches for i in batch]
+
+
 def test_each_pass_shows_every_photo_once():
-    steps = [ddpm.batch_indices(12, 4, step, seed=0) for step in range(9)]  # 3 passes of 3 steps
-    for first in (0, 3, 6):
-        assert sorted(torch.cat(steps[first:first + 3]).tolist()) == list(range(12))
+    order = flat(ddpm.step_batches(12, 4, range(9), seed=0))  # 3 passes of 3 steps
+    for first in (0, 12, 24):
+        assert sorted(order[first:first + 12]) == list(range(12))
+    assert order[:12] != order[12:24]  # a fresh shuffle each pass
 
 
 def test_a_batch_may_run_into_the_next_pass():
-    stream = torch.cat([ddpm.batch_indices(10, 4, step, seed=1) for step in range(5)])  # 20 images: 2 passes
-    assert sorted(stream[:10].tolist()) == sorted(stream[10:].tolist()) == list(range(10))
+    order = flat(ddpm.step_batches(10, 4, range(5), seed=1))  # 20 images: 2 passes
+    assert sorted(order[:10]) == sorted(order[10:]) == list(range(10))
 
 
 def test_a_batch_larger_than_the_set_repeats_photos():
-    batch = ddpm.batch_indices(5, 12, step=0, seed=0)
-    assert len(batch) == 12 and sorted(set(batch.tolist())) == list(range(5))
-    assert sorted(batch[:10].tolist()) == sorted(list(range(5)) * 2)  # two whole passes, then a third begins
+    [batch] = ddpm.step_batches(5, 12, range(1), seed=0)
+    assert len(batch) == 12 and sorted(set(batch)) == list(range(5))
+    assert sorted(batch[:10]) == sorted(list(range(5)) * 2)  # two whole passes, then a third begins
 
 
 def test_batch_order_depends_only_on_step_and_seed():
     torch.manual_seed(1)
-    a = ddpm.batch_indices(12, 4, 5, 0)
+    a = ddpm.step_batches(12, 4, range(5, 6), 0)
     torch.manual_seed(2)
     torch.rand(100)
-    assert torch.equal(a, ddpm.batch_indices(12, 4, 5, 0))
-    assert not torch.equal(a, ddpm.batch_indices(12, 4, 5, 1))
-    assert not torch.equal(a, ddpm.batch_indices(12, 4, 4, 0))
+    assert a == ddpm.step_batches(12, 4, range(5, 6), 0)
+    assert a != ddpm.step_batches(12, 4, range(5, 6), 1)
+    assert a != ddpm.step_batches(12, 4, range(4, 5), 0)
 
 
-def test_two_processes_take_disjoint_halves_of_the_global_batch():
-    global_batch = ddpm.batch_indices(12, 6, step=1, seed=0)
-    rank0, rank1 = global_batch.view(2, -1)
-    assert not set(rank0.tolist()) & set(rank1.tolist())
-    assert sorted(rank0.tolist() + rank1.tolist()) == sorted(global_batch.tolist())
+def test_a_resumed_run_gets_the_batches_of_an_uninterrupted_one():
+    assert ddpm.step_batches(12, 4, range(7, 20), 3) == ddpm.step_batches(12, 4, range(20), 3)[7:]
 
 
 # --- the real photo set (skipped where it is absent) ---------------------------------------------------------
@@ -260,12 +262,15 @@ def test_real_dataset_class_one_photo_short_warns(real_animals, capsys):
     assert "warning: class Tiger has 19 usable images" in capsys.readouterr().err
 
 
-def test_the_loader_gives_each_step_its_slice_of_the_global_batch_through_the_dataset(tiny_data):
+def test_two_processes_take_disjoint_halves_of_each_global_batch(tiny_data):
     data = photos(tiny_data, num_classes=3)  # 12 images
-    rank1 = list(ddpm.batch_loader(data, range(2, 5), 6, rank=1, world_size=2, seed=0, on_gpu=False))
-    for step, (x0, labels, _) in zip(range(2, 5), rank1):
-        indices = ddpm.batch_indices(12, 6, step, seed=0)[3:]
-        assert torch.equal(x0, ddpm.to_model_range(data.images[indices])) and torch.equal(labels, data.labels[indices])
+    ranks = [list(ddpm.batch_loader(data, range(2, 5), 6, rank, world_size=2, seed=0, on_gpu=False)) for rank in (0, 1)]
+    for global_batch, (x0, labels, _), (x1, labels1, _) in zip(ddpm.step_batches(12, 6, range(2, 5), 0), *ranks):
+        assert len(x0) == len(x1) == 3
+        assert torch.equal(x1, ddpm.to_model_range(data.images[global_batch[1::2]]))
+        assert torch.equal(labels1, data.labels[global_batch[1::2]])
+        assert not set(global_batch[0::2]) & set(global_batch[1::2])
+        assert torch.equal(x0, ddpm.to_model_range(data.images[global_batch[0::2]]))
 
 
 @pytest.mark.filterwarnings("ignore:.*pin_memory")  # no GPU here to pin memory for

@@ -59,3 +59,36 @@ def test_unknown_loss_kind_is_a_user_error():
 def test_source_never_uses_a_library_mse():
     code = SCRIPT.read_text()
     assert not re.search(r"MSELoss|mse_loss", code)
+
+
+# --- Min-SNR weighting ------------------------------------------------------------------------------------------
+
+def test_min_snr_weight_is_one_where_snr_is_below_gamma_and_gamma_over_snr_above():
+    schedule = ddpm.NoiseSchedule(1000)
+    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    snr = alpha_bar / (1 - alpha_bar)  # by hand, in float64
+    weight = ddpm.min_snr_weight(schedule, torch.arange(1000), gamma=5).double()
+    noisy = snr <= 5
+    assert 0.8 < noisy.float().mean() < 0.95  # with the linear schedule about the last 87% of the steps
+    assert torch.allclose(weight[noisy], torch.ones(int(noisy.sum()), dtype=torch.float64))
+    assert torch.allclose(weight[~noisy], 5 / snr[~noisy], rtol=1e-4)
+    assert weight[0] < 1e-3  # t = 1: SNR about 10^4
+
+
+def test_min_snr_weight_of_gamma_zero_is_the_plain_loss():
+    schedule = ddpm.NoiseSchedule(50)
+    assert torch.equal(ddpm.min_snr_weight(schedule, torch.tensor([0, 10, 49]), 0.0), torch.ones(3))
+
+
+def test_training_loss_applies_the_weight_per_image(tiny_config):
+    cfg = tiny_config(min_snr_gamma=5.0)
+    schedule, model = ddpm.NoiseSchedule(cfg.timesteps), ddpm.UNet(cfg)  # fresh: predicts 0, error = the noise
+    x0 = torch.zeros(6, 3, cfg.image_size, cfg.image_size)
+    torch.manual_seed(3)
+    weighted, t = ddpm.training_loss(model, schedule, x0, None, cfg)
+    torch.manual_seed(3)
+    plain, same_t = ddpm.training_loss(model, schedule, x0, None, ddpm.dataclasses.replace(cfg, min_snr_gamma=0.0))
+    assert torch.equal(t, same_t)
+    assert torch.allclose(weighted, plain * ddpm.min_snr_weight(schedule, t, 5.0))
+    assert (weighted <= plain).all() and (weighted < plain).any()
+

@@ -31,6 +31,26 @@ def test_fresh_model_predicts_zero_noise(tiny_config):
     assert torch.equal(out, torch.zeros_like(out))  # zero-initialised output layer: first guess is the noise mean
 
 
+def test_head_channels_add_a_full_resolution_layer_after_the_depth_to_space(tiny_config):
+    folded = tiny_config(patch_size=2, head_channels=0)
+    with_head = tiny_config(patch_size=2, head_channels=6)
+    assert not hasattr(ddpm.UNet(folded), "head") or ddpm.UNet(folded).head is None
+    head = ddpm.UNet(with_head).head
+    assert (head.in_channels, head.out_channels, head.kernel_size) == (6, 3, (3, 3))  # 3x3 across patch borders
+    assert ddpm.UNet(with_head).out_conv.out_channels == 6 * 2 ** 2  # 6 maps of 2x2 pixels each, folded
+    x = batch(with_head)
+    with torch.no_grad():
+        assert torch.equal(ddpm.UNet(with_head)(x, torch.tensor([3, 40])), torch.zeros_like(x))  # zero-initialised
+
+
+def test_a_checkpoint_from_before_the_head_loads_without_one(tiny_config):
+    stored = ddpm.dataclasses.asdict(tiny_config(head_channels=0))
+    del stored["head_channels"], stored["min_snr_gamma"], stored["low_res_share"]
+    cfg = ddpm.config_from_dict(stored)
+    assert (cfg.head_channels, cfg.min_snr_gamma, cfg.low_res_share) == (0, 0.0, 0.0)
+    ddpm.build_model(cfg, ddpm.UNet(tiny_config(head_channels=0)).state_dict())  # the weights fit
+
+
 def test_output_depends_on_t(tiny_config):
     cfg = tiny_config()
     torch.manual_seed(0)

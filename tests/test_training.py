@@ -144,3 +144,20 @@ def test_ema_update_is_the_weighted_average_of_the_formula():
     ema.update(model, step=1000)  # past the warm-up: the decay is 0.9
     for averaged, old, current in zip(ema.model.parameters(), before, model.parameters()):
         assert torch.allclose(averaged, 0.9 * old + 0.1 * current)
+
+
+# --- progressive resolution --------------------------------------------------------------------------------------
+
+def test_the_first_low_res_share_of_the_steps_train_at_half_size(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(ddpm, "write_samples", lambda *args, **kwargs: None)
+    sizes, unet_forward = [], ddpm.UNet.forward
+
+    def recording_forward(model, x, t, *args, **kwargs):
+        sizes.append(x.shape[-1])
+        return unet_forward(model, x, t, *args, **kwargs)
+    monkeypatch.setattr(ddpm.UNet, "forward", recording_forward)
+    cfg = ddpm.Config(**tiny_config_values(data_dir=str(tiny_data), epochs=4, low_res_share=0.25))  # 12 steps
+    ddpm.train(cfg, tmp_path / "run", device="cpu")
+    assert sizes == [8] * 3 + [16] * 9  # one forward pass a step: 16 px photos, the first quarter pooled to 8 px
+    model, _, loaded = ddpm.load_model(tmp_path / "run" / "model.pt")
+    assert loaded.image_size == 16  # the model is a 16 px model: it samples at full size

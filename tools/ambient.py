@@ -81,6 +81,8 @@ def main(argv):
     if len(argv) < 2 or argv[0] != "--noisy-from" or not argv[1].isdigit():
         sys.exit("usage: python tools/ambient.py --noisy-from N train ...")
     noisy_from, rest = int(argv[1]), argv[2:]
+    if rest[:1] == ["train"]:  # half-size steps would average the copy noise over 2x2 pixels and shrink its variance
+        rest = [*rest, "--low-res-share", "0"]
     ddpm.AnimalPhotos.__getitem__ = item_with_copy_noise
     ddpm.training_loss = lambda *args, **kwargs: ambient_loss(*args, **kwargs, noisy_from=noisy_from)
     return ddpm.main(rest)

@@ -17,7 +17,8 @@ Run all cells; change `SEED` or `CLASS_NAME` in step 2 to draw another animal.""
 import matplotlib.pyplot as plt
 import torch
 
-from rollNumber_05 import DEFAULT_CHECKPOINT, count_parameters, generate_from_noise, load_model, seeded_noise, to_display
+from rollNumber_05 import (DEFAULT_CHECKPOINT, DEFAULT_GUIDANCE, count_parameters, generate_from_noise, load_model,
+                           seeded_noise, to_display)
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 print("device:", device)"""),
@@ -32,7 +33,7 @@ The reverse process starts from x_T ~ N(0, I): every pixel is an independent sta
 The seed fixes this noise, so the same seed always gives the same animal."""),
     ("code", """SEED = 3
 CLASS_NAME = "Panda" if "Panda" in cfg.classes else cfg.classes[0]
-GUIDANCE = 1.0  # 1: the paper's sampler, one network pass per step; 3: classifier-free guidance, twice the time
+GUIDANCE = DEFAULT_GUIDANCE  # as `sample` uses: classifier-free guidance; 1.0: the paper's sampler, half the time
 
 noise = seeded_noise(1, cfg.image_size, SEED)
 plt.figure(figsize=(2.5, 2.5))
