@@ -391,8 +391,8 @@ def zero_init(module):
 
 def timestep_embedding(t, dim):
     """Sinusoidal features of t (Transformer positional encoding): smooth in t and distinct for every step.
-    dim/2 frequencies from 1 down to 1/10,000 in a geometric series: the fastest tells t from t + 1, the slowest
-    (period about 60,000 steps) varies smoothly over all T; 10,000 is the Transformer paper's constant."""
+    dim/2 frequencies from 1 down towards 1/10,000 in a geometric series: the fastest tells t from t + 1, the
+    slowest (period about 35,000 steps at dim 32) changes smoothly over all T; 10,000 is the Transformer's constant."""
     half = dim // 2
     freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     angles = t.float()[:, None] * freqs[None]
