@@ -792,10 +792,10 @@ class TrainLog:
         """Appends the window's row and starts a new one. A window whose every step was skipped gets a row
         without losses (its bad_steps still count)."""
         if self.steps:
-            sums, counts = self.sums, self.counts
-            row.update(loss=sum(sums) / sum(counts), grad_norm=self.grad_norm / self.steps,
+            row.update(loss=sum(self.sums) / sum(self.counts), grad_norm=self.grad_norm / self.steps,
                        images_per_s=self.images / (time.time() - self.window_start),
-                       **{f"loss_t{q + 1}": (s / c if c else "") for q, (s, c) in enumerate(zip(sums, counts))})
+                       **{f"loss_t{q + 1}": (s / c if c else "")
+                          for q, (s, c) in enumerate(zip(self.sums, self.counts))})
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
         self.reset()
