@@ -80,7 +80,6 @@ class Config:
     augment: float = 0.15
     # forward process
     timesteps: int = 1000
-    schedule: str = "linear"
     # model
     patch_size: int = 2
     base_channels: int = 32
@@ -92,7 +91,6 @@ class Config:
     conditional: bool = True  # every class can be asked for, and guidance sharpens it
     cond_drop: float = 0.1
     # loss
-    loss: str = "mse"
     min_snr_gamma: float = 5.0  # Min-SNR-5 weighting (min_snr_weight)
     # training: 64 px in under an hour on a 2-core CPU (results/cpu_64px): 60% of the 8,354 steps at half size
     low_res_share: float = 0.6
@@ -109,6 +107,7 @@ class Config:
     log_every: int = 10
     sample_every: int = 1000
     save_every: int = 500
+    keep_checkpoints: int = 2  # 0 keeps all, for choosing the checkpoint before copying starts (make_submission)
     max_bad_steps: int = 20
 
 ARCHITECTURE_KEYS = ("image_size", "timesteps", "patch_size", "base_channels", "channel_mults", "num_res_blocks",
@@ -297,23 +296,13 @@ def batch_loader(data, steps, global_batch, rank, world_size, seed, on_gpu):
 # 2. Forward process q(x_t | x_0): the noise schedule and everything derived from it
 # ---------------------------------------------------------------------------------------------
 
-def make_betas(kind, timesteps):
-    if kind == "linear":  # DDPM paper, section 4: beta from 1e-4 to 0.02
-        return torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)
-    if kind == "cosine":  # Nichol & Dhariwal 2021, eq. 17, with their s = 0.008 and beta capped at 0.999
-        s = 0.008
-        steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
-        alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
-    raise UserError(f"unknown --schedule {kind!r}; use linear or cosine")
-
 class NoiseSchedule:
     """beta_t, alpha_t, alpha_bar_t (the cumulative product) and the posterior q(x_{t-1} | x_t, x_0) terms,
     computed once in float64 and stored as float32 on the training device."""
 
-    def __init__(self, timesteps=1000, kind="linear", device="cpu"):
+    def __init__(self, timesteps=1000, device="cpu"):
         self.timesteps = timesteps
-        betas = make_betas(kind, timesteps)
+        betas = torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)  # DDPM paper, section 4: linear
         alphas = 1 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
@@ -534,20 +523,10 @@ def count_parameters(model):
 # 4. Loss: our own per-image error between the predicted and the true noise
 # ---------------------------------------------------------------------------------------------
 
-def diffusion_loss(prediction, target, kind="mse"):
-    """Mean error per image (shape [batch]): squared (the DDPM simple loss, eq. 14), absolute, or Huber
-    (squared below 1, absolute above: robust to the rare large error)."""
+def diffusion_loss(prediction, target):
+    """Mean squared error per image (shape [batch]): the DDPM simple loss, eq. 14, written out by hand."""
     err = prediction.float() - target.float()
-    if kind == "mse":
-        per_pixel = err * err
-    elif kind == "l1":
-        per_pixel = err.abs()
-    elif kind == "huber":
-        size = err.abs()
-        per_pixel = torch.where(size <= 1, 0.5 * err * err, size - 0.5)
-    else:
-        raise UserError(f"unknown --loss {kind!r}; use mse, l1 or huber")
-    return per_pixel.flatten(1).mean(dim=1)
+    return (err * err).flatten(1).mean(dim=1)
 
 def training_loss(model, schedule, x0, labels, cfg, augment=None):
     """Ho et al. algorithm 1: random t, noise x_0 through q(x_t | x_0), score the network's guess of the noise.
@@ -560,7 +539,7 @@ def training_loss(model, schedule, x0, labels, cfg, augment=None):
     if labels is not None and cfg.cond_drop > 0:  # drop the class sometimes, so one net is also the unconditional one
         dropped = torch.rand(len(x0), device=x0.device) < cfg.cond_drop
         labels = torch.where(dropped, torch.full_like(labels, cfg.num_classes), labels)
-    losses = diffusion_loss(model(x_t, t, labels, augment), noise, cfg.loss)
+    losses = diffusion_loss(model(x_t, t, labels, augment), noise)
     return losses * min_snr_weight(schedule, t, cfg.min_snr_gamma), t
 
 def min_snr_weight(schedule, t, gamma):
@@ -692,16 +671,14 @@ def build_model(cfg, state_dict=None):
                             "train it again or use the file it came with") from None
     return model
 
-def load_model(path=DEFAULT_CHECKPOINT, device="cpu", weights="ema"):
-    """A checkpoint -> (model in eval mode, its NoiseSchedule, its Config). Needs no training flags."""
+def load_model(path=DEFAULT_CHECKPOINT, device="cpu"):
+    """A checkpoint -> (model in eval mode with its EMA weights, its NoiseSchedule, its Config). Needs no training
+    flags."""
     payload = load_checkpoint(path)
     cfg = config_from_dict(payload["config"])
-    if weights == "raw" and "model" not in payload:
-        raise UserError(f"{path} holds only the EMA weights (an exported model.pt); use --weights ema or a "
-                        f"checkpoints/step_*.pt file")
-    model = build_model(cfg, payload["ema"] if weights == "ema" and "ema" in payload else payload["model"])
+    model = build_model(cfg, payload["ema"] if "ema" in payload else payload["model"])
     device = torch.device(device)
-    return model.to(device).eval(), NoiseSchedule(cfg.timesteps, cfg.schedule, device), cfg
+    return model.to(device).eval(), NoiseSchedule(cfg.timesteps, device), cfg
 
 def resumed_config(stored, given, explicit):
     """The stored run's config, with the flags given on this command line applied. Architecture flags must
@@ -839,7 +816,7 @@ def build_trainer(cfg, device, total_steps, world_size=1, rank=0):
     amp_dtype = autocast_dtype(cfg.precision, device)
     return Trainer(cfg, model, forward_model, EMA(model, cfg.ema_decay) if rank == 0 else None, optimizer, lr_schedule,
                    torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                   NoiseSchedule(cfg.timesteps, cfg.schedule, device), amp_dtype, total_steps, rank, world_size)
+                   NoiseSchedule(cfg.timesteps, device), amp_dtype, total_steps, rank, world_size)
 
 def train_step(trainer, x0, labels, step, augment=None):
     """One AdamW update with gradient clipping, then the EMA and learning-rate updates. Returns (per-image losses,
@@ -947,13 +924,14 @@ def restore_training_state(payload, trainer):
     if payload["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"][:torch.cuda.device_count()])
 
-def save_checkpoint(trainer, keep=2):
-    """checkpoints/step_XXXXXXXX.pt, rank 0 only; the older ones beyond `keep` go once the new one is complete."""
+def save_checkpoint(trainer):
+    """checkpoints/step_XXXXXXXX.pt, rank 0 only; the older ones beyond --keep-checkpoints go once the new one is
+    complete (0 keeps them all: a slice [:-0] is empty)."""
     if trainer.rank != 0:
         return
     folder = checkpoint_dir(trainer.out_dir)
     save_atomically(checkpoint_payload(trainer), folder / f"step_{trainer.step:08d}.pt")
-    for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+    for old in sorted(folder.glob("step_*.pt"))[:-trainer.cfg.keep_checkpoints]:
         old.unlink()
 
 def log_step(trainer, stats, progress):
@@ -1339,7 +1317,11 @@ def nearest_neighbour_summary(distances, indices, reference, asked=None, photo_l
                # fewer distinct nearest photos than samples: several noises end at the same photo (mode collapse)
                "nearest_photos_distinct": len(set(indices[:, 0].tolist()))}
     if asked is not None:
-        summary["asked_class_share"] = float((photo_labels[indices[:, 0]] == asked).float().mean())
+        hits = (photo_labels[indices[:, 0]] == asked).float()
+        summary["asked_class_share"] = float(hits.mean())
+        # by class, to see which class the samples miss (None: no sample asked for it)
+        summary["asked_class_share_by_class"] = [float(hits[asked == k].mean()) if (asked == k).any() else None
+                                                 for k in range(int(photo_labels.max()) + 1)]
         summary["leave_one_out_class_share"] = float((photo_labels[reference_nearest] == photo_labels).float().mean())
     return summary
 
@@ -1388,7 +1370,6 @@ def add_train_parser(commands):
     flag("--flip", action=on_off, help="random left-right flips (default: on)")
     flag("--augment", type=probability, help=f"probability of each non-leaking augmentation ({d.augment}; 0: none)")
     flag("--timesteps", type=positive_int, help=f"diffusion steps T ({d.timesteps})")
-    flag("--schedule", choices=["linear", "cosine"], help=f"beta schedule ({d.schedule})")
     flag("--patch-size", type=positive_int, help=f"pixels per side folded into channels ({d.patch_size})")
     flag("--base-channels", type=positive_int, help=f"channels at the first level ({d.base_channels})")
     flag("--channel-mults", type=int_list, help="channel multiplier per level (1,2,2,4)")
@@ -1399,7 +1380,6 @@ def add_train_parser(commands):
     flag("--dropout", type=probability, help=f"dropout in residual blocks ({d.dropout})")
     flag("--conditional", action=on_off, help="class-conditional (default: on; --no-conditional: one model)")
     flag("--cond-drop", type=probability, help=f"share of steps trained without their class ({d.cond_drop})")
-    flag("--loss", choices=["mse", "l1", "huber"], help=f"error between predicted and true noise ({d.loss})")
     flag("--min-snr-gamma", type=non_negative_float, help=f"Min-SNR weighting cap ({d.min_snr_gamma}; 0: none)")
     flag("--low-res-share", type=probability, help=f"share of the steps trained at half resolution first "
                                                    f"({d.low_res_share})")
@@ -1418,6 +1398,7 @@ def add_train_parser(commands):
     flag("--log-every", type=positive_int, help=f"steps per log.csv row ({d.log_every})")
     flag("--sample-every", type=non_negative_int, help=f"steps between sample grids ({d.sample_every}; 0: at the end)")
     flag("--save-every", type=positive_int, help=f"steps between checkpoints ({d.save_every})")
+    flag("--keep-checkpoints", type=non_negative_int, help=f"newest checkpoints kept ({d.keep_checkpoints}; 0: all)")
     flag("--max-bad-steps", type=positive_int, help=f"stop after this many non-finite losses in a row "
                                                     f"({d.max_bad_steps})")
     p.add_argument("--out-dir", help="run folder (default: runs/<timestamp>)")
@@ -1452,7 +1433,6 @@ def build_parser():
                    help="default: 4 per class for class-conditional models (a column each), else 16")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM noise (0: deterministic) (default: 0)")
     p.add_argument("--class-name", help="only this class (conditional models)")
-    p.add_argument("--weights", choices=["ema", "raw"], default="ema", help="default: %(default)s")
     p.add_argument("--trajectory", help="also write the first sample's denoising steps to this PNG")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (default: %(default)s)")
     p.add_argument("--out-dir", help="also write each sample as CLASS_INDEX.png into this folder")
@@ -1465,7 +1445,6 @@ def build_parser():
     p.add_argument("--image", help="or noise this image file")
     p.add_argument("--image-size", type=positive_int, default=64, help="default: %(default)s")
     p.add_argument("--timesteps", type=positive_int, default=1000, help="default: %(default)s")
-    p.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="default: %(default)s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="forward_process.png", help="default: %(default)s")
     p.set_defaults(run=cmd_forward)
@@ -1494,7 +1473,7 @@ def cmd_train(args):
 
 def cmd_sample(args):
     device = pick_device(args.device)
-    model, schedule, cfg = load_model(args.checkpoint, device, args.weights)
+    model, schedule, cfg = load_model(args.checkpoint, device)
     check_guidance(args.guidance, cfg)
     if args.class_name and not cfg.conditional:
         raise UserError("--class-name needs a class-conditional model (trained with --conditional)")
@@ -1527,7 +1506,7 @@ def cmd_forward(args):
         x0 = data[0][0]
     else:
         raise UserError("forward needs --data-dir or --image")
-    snapshots = plot_forward_process(NoiseSchedule(args.timesteps, args.schedule), x0, args.out, args.seed)
+    snapshots = plot_forward_process(NoiseSchedule(args.timesteps), x0, args.out, args.seed)
     x_T = snapshots[args.timesteps]
     print(f"wrote {args.out}; x_T has mean {x_T.mean():.3f} and std {x_T.std():.3f}", file=sys.stderr)
 

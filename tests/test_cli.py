@@ -230,12 +230,6 @@ def test_evaluate_refuses_guidance_on_unconditional_model(places, capsys):
     assert_one_line_error(code, err, "--guidance needs a class-conditional model")
 
 
-def test_sample_raw_weights_from_exported_model_fails_with_one_line_error(places, capsys):
-    args = ["sample", "--checkpoint", "{model}", "--weights", "raw", "--device", "cpu", "--out", "{tmp}/never.png"]
-    code, _, err = run_main(fill(args, places, "raw_weights"), capsys)
-    assert_one_line_error(code, err, "--weights")
-
-
 def test_forward_with_fewer_than_50_timesteps_writes_the_figure(tiny_data, tmp_path, capsys):
     code, _, err = run_main(["forward", "--data-dir", tiny_data, "--image-size", "16", "--timesteps", "20",
                              "--out", tmp_path / "forward.png"], capsys)

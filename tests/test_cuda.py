@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def trained_looking_model(tiny_config, **overrides):
     cfg = tiny_config(conditional=True, **overrides)
     model = perturb_weights(ddpm.build_model(cfg), seed=1, scale=0.05).cuda().eval()
-    return model, ddpm.NoiseSchedule(cfg.timesteps, cfg.schedule, "cuda"), cfg
+    return model, ddpm.NoiseSchedule(cfg.timesteps, "cuda"), cfg
 
 
 @pytest.mark.parametrize("sampler, guidance", [("ddim", 3.0), ("ddpm", 1.0), ("ddpm", 3.0)])

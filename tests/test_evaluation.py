@@ -1,40 +1,8 @@
-"""Evaluation maths: nearest neighbours and memorisation (the script), the variational-bound grid and the discrete
-decoder (tools/bits_per_dim.py)."""
-import math
-import sys
-
+"""Evaluation maths: nearest neighbours, novelty, copies and the class share of the samples."""
 import pytest
 import torch
 
-from conftest import ROOT, ddpm
-
-sys.path.insert(0, str(ROOT / "tools"))
-import bits_per_dim  # noqa: E402
-
-
-@pytest.mark.parametrize("timesteps,points", [(1000, 50), (1000, 10), (50, 20), (3, 5)])
-def test_vlb_timesteps_stand_for_every_kl_term_exactly_once(timesteps, points):
-    ts, weights = bits_per_dim.vlb_timesteps(timesteps, points)
-    assert sum(weights) == timesteps - 1
-    assert ts == sorted(set(ts)) and ts[0] == 1 and ts[-1] == timesteps - 1
-    assert all(w >= 1 for w in weights)
-
-
-def test_vlb_timesteps_evaluate_the_smallest_steps_one_by_one():
-    ts, weights = bits_per_dim.vlb_timesteps(1000, 50)
-    assert ts[:8] == list(range(1, 9)) and weights[:8] == [1] * 8
-
-
-def test_decoder_nll_is_near_zero_for_a_sharp_decoder_on_the_pixel():
-    x0 = torch.linspace(-1, 1, 256).view(1, 1, 16, 16)
-    nats = bits_per_dim.decoder_nll(x0, x0, torch.tensor(math.log(1e-3)))
-    assert 0 <= float(nats) < 0.05  # each bin holds 1 - 1e-4 of a Gaussian 3.9 sigma wide on each side
-
-
-def test_decoder_nll_grows_as_the_decoder_widens():
-    x0 = torch.zeros(1, 1, 4, 4)
-    narrow, wide = (float(bits_per_dim.decoder_nll(x0, x0, torch.tensor(math.log(s)))) for s in (0.1, 1.0))
-    assert 0 < narrow < wide
+from conftest import ddpm
 
 
 def test_nearest_training_image_of_a_copy_is_at_distance_zero():
@@ -92,6 +60,14 @@ def test_class_share_counts_samples_whose_nearest_photo_is_of_the_asked_class():
     asked = torch.tensor([0, 1, 2, 4])  # copies of photos 0, 1, 2 (classes 0-2) and 8 (class 3, not 4)
     summary = summary_of(train[torch.tensor([0, 1, 2, 8])], train, asked, labels)
     assert summary["asked_class_share"] == 0.75
+
+
+def test_class_share_by_class_names_the_class_the_samples_miss():
+    train, labels = clustered_images(50)
+    asked = torch.tensor([0, 0, 1, 1])  # copies of photos 0 and 5 (class 0), then 8 and 6 (class 3, class 1)
+    summary = summary_of(train[torch.tensor([0, 5, 8, 6])], train, asked, labels)
+    by_class = summary["asked_class_share_by_class"]
+    assert by_class[:2] == [1.0, 0.5] and by_class[2:] == [None] * (int(labels.max()) - 1)
 
 
 def test_held_back_real_photos_have_novelty_near_one(real_animals):

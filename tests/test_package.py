@@ -4,6 +4,9 @@ examiner's Readme, and each refusal.
 Every test packages a copy of the repository in tmp_path (main/, beside a shared/data/animals/ of its own), so the
 tests neither depend on nor touch the real results, report or dataset: Report.pdf is a small PDF written here, and
 tools/make_report.py a stand-in that copies it and records its arguments. One test runs the real report builder.
+The copy is its own submission folder: its results/metrics.json names the copied model's classes and sha256, and
+its notes.md counts as written (which sections are blank is make_report.blank_notes's business, tested with the
+report; here it is stubbed, but for one test).
 The module's package (for Zoë, i21-0001) runs its notebook for real, all T DDPM steps on one thread (about a minute
 on the shared 2-core CPU); the other packagings skip that run.
 """
@@ -24,6 +27,7 @@ import nbclient
 import nbformat
 import pypdf
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -68,13 +72,13 @@ def tiny_pdf(*pages):
             f"{len(objects) + 1} >>\nstartxref\n{len(out)}\n%%EOF\n").encode("latin-1")
 
 
-def fake_report_builder(flags=("--name", "--roll-number", "--out", "--data-dir")):
-    """Stands in for tools/make_report.py: copies Report.pdf to --out and records its arguments."""
-    return ("import argparse, json, shutil, sys\n"
+def fake_report_builder(flags=("--name", "--roll-number", "--out", "--submission-dir", "--data-dir")):
+    """Stands in for tools/make_report.py: copies the submission's Report.pdf to --out and records its arguments."""
+    return ("import argparse, json, os, shutil, sys\n"
             "parser = argparse.ArgumentParser()\n"
             + "".join(f'parser.add_argument("{flag}")\n' for flag in flags)
             + "args = parser.parse_args()\n"
-              "shutil.copy('Report.pdf', args.out)\n"
+              "shutil.copy(os.path.join(getattr(args, 'submission_dir', None) or '.', 'Report.pdf'), args.out)\n"
               "with open('report_calls.jsonl', 'a') as f:\n"
               "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n")
 
@@ -82,6 +86,20 @@ def fake_report_builder(flags=("--name", "--roll-number", "--out", "--data-dir")
 def report_calls(repo):
     calls = repo / "report_calls.jsonl"
     return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_metrics(folder, classes=None, model_sha256=None):
+    """results/metrics.json for the run that made folder's model: its classes and its sha256 unless given."""
+    model = folder / packager.MODEL
+    if classes is None:
+        classes = torch.load(model, map_location="cpu", weights_only=True)["class_names"]
+    run = {"model_sha256": model_sha256 or sha256(model), "profile": "test", "seed": 0}
+    (folder / "results").mkdir(exist_ok=True)
+    (folder / packager.METRICS).write_text(json.dumps({"classes": classes, "run": run, "fid": 1.0}) + "\n")
 
 
 def record_results_hash(repo):
@@ -103,12 +121,20 @@ def copy_repo(dest):
         shutil.copy2(ROOT / name, dest / name)
     (dest / "tools" / "make_report.py").write_text(fake_report_builder())
     (dest / "Report.pdf").write_bytes(tiny_pdf(["Results"], ["The forward process"]))
-    (dest / "results").mkdir()
-    (dest / packager.METRICS).write_text('{"fid": 1.0}\n')
+    write_metrics(dest)
     record_results_hash(dest)
+    (dest / packager.NOTES).write_text("## The data\n\nFive classes, 100 photos each.\n")
     rebuild_allcode(dest)
     (dest.parent / "shared" / "data" / "animals").mkdir(parents=True)
     return dest
+
+
+def stub_blank_notes(monkeypatch, *titles):
+    """make_report.blank_notes answers titles (none: every section written); returns the paths it was asked
+    about."""
+    asked = []
+    monkeypatch.setattr(packager.make_report, "blank_notes", lambda path: asked.append(path) or list(titles))
+    return asked
 
 
 def add_photo(repo, name="Cat/cat_01.jpeg", data=b"\xff\xd8\xff\xe0 a dataset photo"):
@@ -146,6 +172,7 @@ def built(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch, redirect_stdout(out), redirect_stderr(err):
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the kernel inherits them: one thread on a busy CPU
             monkeypatch.setenv(name, cli_env()[name])
+        stub_blank_notes(monkeypatch)
         rc = package(repo)
     assert rc == 0, err.getvalue()
     with zipfile.ZipFile(base / "dist" / ZIP) as zf:
@@ -159,6 +186,7 @@ def built(tmp_path_factory):
 def repo(tmp_path, monkeypatch):
     """A fresh copy of the repository for a test that breaks a rule; its notebook is not run (a minute saved)."""
     monkeypatch.setattr(packager, "run_notebook", lambda folder: 0.0)
+    stub_blank_notes(monkeypatch)
     return copy_repo(tmp_path / "main")
 
 
@@ -259,10 +287,11 @@ def test_readme_options_all_exist_in_the_script(built, monkeypatch):
     assert options and options - known == set()
 
 
-def test_report_builder_is_asked_for_the_names_and_the_dataset(built):
+def test_report_builder_is_asked_for_the_names_the_submission_and_the_dataset(built):
     [call] = report_calls(built.repo)
     assert call[:4] == ["--name", FIRST, "--roll-number", ROLL] and call[4] == "--out"
-    assert call[6:] == ["--data-dir", str(built.repo.parent / "shared" / "data" / "animals")]
+    assert call[6:] == ["--submission-dir", str(built.repo),
+                        "--data-dir", str(built.repo.parent / "shared" / "data" / "animals")]
 
 
 def test_checklist_ticks_every_convention(built):
@@ -309,22 +338,44 @@ def test_a_given_data_dir_is_the_one_checked_for_copied_photos(repo, capsys, tmp
     assert lines == ["dataset image in the package: saved_models/cat.png (a copy of a photo in the dataset)"]
 
 
-def test_a_missing_data_dir_is_a_usage_error(repo, capsys):
+@pytest.mark.parametrize("flag", ["--data-dir", "--submission-dir"])
+def test_a_missing_folder_is_a_usage_error(repo, capsys, flag):
     with pytest.raises(SystemExit) as exit_:
-        package(repo, "--data-dir", str(repo / "no-such-folder"))
-    assert exit_.value.code == 2 and "no such folder" in capsys.readouterr().err
+        package(repo, flag, str(repo / "no-such-folder"))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{flag} " in err and "no such folder" in err
+
+
+def test_submission_dir_supplies_the_model_results_report_and_notes(repo, capsys, tmp_path, monkeypatch):
+    """The code comes from --root, the student's run from --submission-dir; nothing of the run is read at the
+    root."""
+    submission = tmp_path / "mine"
+    (submission / "report").mkdir(parents=True)
+    for name in (packager.MODELS, "results", packager.BUILT_FROM, "Report.pdf", packager.NOTES):
+        shutil.move(repo / name, submission / name)
+    asked = stub_blank_notes(monkeypatch)
+    assert package(repo, "--submission-dir", str(submission)) == 0, capsys.readouterr().err
+    with zipfile.ZipFile(repo.parent / "dist" / ZIP) as zf:
+        assert zf.read(f"{FOLDER}/{packager.MODEL}") == (submission / packager.MODEL).read_bytes()
+    [call] = report_calls(repo)
+    assert call[6:8] == ["--submission-dir", str(submission)] and asked == [submission / packager.NOTES]
 
 
 def test_report_builder_without_data_dir_is_not_given_one(repo, capsys):
-    (repo / "tools" / "make_report.py").write_text(fake_report_builder(("--name", "--roll-number", "--out")))
+    (repo / "tools" / "make_report.py").write_text(
+        fake_report_builder(("--name", "--roll-number", "--out", "--submission-dir")))
     add_photo(repo)
     assert package(repo) == 0
     [call] = report_calls(repo)
     assert "--data-dir" not in call
 
 
-def test_report_is_copied_unchanged_with_a_loud_warning_without_the_builder(repo, capsys):
-    (repo / "tools" / "make_report.py").unlink()
+@pytest.mark.parametrize("builder", ["missing", "without --submission-dir"])
+def test_report_is_copied_unchanged_with_a_loud_warning_without_the_builder(repo, capsys, builder):
+    if builder == "missing":
+        (repo / "tools" / "make_report.py").unlink()
+    else:
+        (repo / "tools" / "make_report.py").write_text(fake_report_builder(("--name", "--roll-number", "--out")))
     assert package(repo) == 0
     err = capsys.readouterr().err
     assert "WARNING" in err and "UNCHANGED" in err
@@ -338,7 +389,7 @@ def test_real_report_builder_puts_the_names_on_the_title_page(tmp_path):
     for name in ("results", "report", "tools"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "private"))
     shutil.copy2(ROOT / "rollNumber_05.py", tmp_path)
-    packager.build_report(tmp_path, packager.Submission(FIRST, ROLL), tmp_path / "out.pdf", None)
+    packager.build_report(tmp_path, tmp_path, packager.Submission(FIRST, ROLL), tmp_path / "out.pdf", None)
     title_page = pypdf.PdfReader(tmp_path / "out.pdf").pages[0].extract_text()
     assert FIRST in title_page and ROLL in title_page
 
@@ -417,6 +468,7 @@ def test_a_report_naming_another_implementation_is_refused_before_the_notebook_r
 
 def test_refuses_a_notebook_that_fails_in_the_package(repo, capsys, monkeypatch):
     monkeypatch.undo()  # the real notebook run, on a notebook that fails at once
+    stub_blank_notes(monkeypatch)
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "from rollNumber_05 import DEFAULT_CHECKPOINT\nraise ValueError('no animal today')")])
     nbformat.write(notebook, repo / NOTEBOOK)
@@ -459,9 +511,11 @@ def test_refuses_a_renamed_copy_of_a_dataset_photo(repo, capsys):
 
 
 def test_refuses_a_report_built_from_other_results(repo, capsys):
-    (repo / packager.METRICS).write_text('{"fid": 2.0}\n')
+    metrics = json.loads((repo / packager.METRICS).read_text())
+    (repo / packager.METRICS).write_text(json.dumps({**metrics, "fid": 2.0}))
     lines, zipped = refusal(repo, capsys)
-    assert len(lines) == 1 and "built from other results" in lines[0] and not zipped
+    assert lines == [f"Report.pdf was built from other results than {packager.METRICS} ({packager.BUILT_FROM} "
+                     f"records another sha256): {packager.REDO}"] and not zipped
 
 
 def test_without_built_from_json_an_older_report_is_refused(repo, capsys):
@@ -476,3 +530,119 @@ def test_lists_every_violation_one_per_line(repo, capsys):
     (repo / "scratch.py").write_text("x = 1\n")
     lines, _ = refusal(repo, capsys, roll="21 L")
     assert [line.split(":")[0].split(" ")[0] for line in lines] == ["invalid", "missing", "3"]
+
+
+# Model, results and report: one run ------------------------------------------------------------------------------
+
+CLASSES = ["Bear", "Cat", "Cow", "Dog", "Elephant"]
+OTHER_CLASSES = ["Dolphin", "Giraffe", "Panda", "Tiger", "Zebra"]
+
+
+def tiny_model(path, classes=CLASSES, step=1):
+    """A checkpoint with the keys the script saves, small enough to write in every test."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": {"classes": classes}, "class_names": classes, "step": step,
+                "ema": {"out.weight": torch.zeros(2)}}, path)
+
+
+@pytest.fixture
+def submission(tmp_path):
+    """A submission folder whose model, results/metrics.json and report come from one run."""
+    tiny_model(tmp_path / packager.MODEL)
+    write_metrics(tmp_path)
+    (tmp_path / "Report.pdf").write_bytes(tiny_pdf(["Results"]))
+    record_results_hash(tmp_path)
+    return tmp_path
+
+
+def run_lines(folder):
+    return packager.run_violations(folder) + packager.report_freshness_violations(folder)
+
+
+def test_a_model_with_its_own_metrics_and_report_is_consistent(submission):
+    assert run_lines(submission) == []
+
+
+def test_refuses_a_model_whose_classes_differ_from_the_metrics(submission):
+    write_metrics(submission, classes=OTHER_CLASSES)
+    record_results_hash(submission)
+    assert run_lines(submission) == [
+        f"{packager.MODEL} has classes Bear, Cat, Cow, Dog, Elephant but {packager.METRICS} has Dolphin, Giraffe, "
+        f"Panda, Tiger, Zebra: {packager.REDO}"]
+
+
+def test_refuses_classes_in_another_order(submission):
+    """A class's label is its index, so the same names in another order are another model."""
+    write_metrics(submission, classes=CLASSES[::-1])
+    record_results_hash(submission)
+    [line] = run_lines(submission)
+    assert line.startswith(f"{packager.MODEL} has classes Bear, Cat") and f"but {packager.METRICS} has Elephant" in line
+
+
+def test_refuses_a_model_the_metrics_were_not_measured_on(submission):
+    tiny_model(submission / packager.MODEL, step=2)  # trained on after the evaluation: same classes, other bytes
+    assert run_lines(submission) == [f"{packager.MODEL} is not the model {packager.METRICS} was measured on (its "
+                                     f"sha256 is not the run's model_sha256): {packager.REDO}"]
+
+
+def test_refuses_metrics_without_classes_or_run(submission):
+    (submission / packager.METRICS).write_text('{"fid": 1.0}\n')  # the format before runs were recorded
+    record_results_hash(submission)
+    [line] = run_lines(submission)
+    assert line.startswith(f"{packager.METRICS} has no \"classes\" and \"run\"") and packager.MODEL in line
+    assert line.endswith(packager.REDO)
+
+
+def test_refuses_a_model_file_that_is_not_a_checkpoint(submission):
+    (submission / packager.MODEL).write_bytes(b"not a checkpoint")
+    write_metrics(submission, classes=CLASSES)
+    record_results_hash(submission)
+    [line] = run_lines(submission)
+    assert line.startswith(f"{packager.MODEL} is not a checkpoint") and packager.METRICS in line
+
+
+def test_refuses_a_report_built_from_other_metrics(submission):
+    metrics = json.loads((submission / packager.METRICS).read_text())  # measured again after the report
+    (submission / packager.METRICS).write_text(json.dumps({**metrics, "fid": 2.0}))
+    [line] = run_lines(submission)
+    assert line.startswith(f"Report.pdf was built from other results than {packager.METRICS}")
+
+
+def test_each_disagreement_is_one_line_naming_both_files_and_the_fix(repo, capsys):
+    write_metrics(repo, classes=OTHER_CLASSES[::-1], model_sha256="0" * 64)  # after the report was built
+    lines, zipped = refusal(repo, capsys)
+    pairs = [(packager.MODEL, packager.METRICS), (packager.MODEL, packager.METRICS), ("Report.pdf", packager.METRICS)]
+    assert len(lines) == 3 and not zipped
+    assert all(a in line and b in line and line.endswith(packager.REDO) for line, (a, b) in zip(lines, pairs))
+    assert packager.REDO == "rerun python tools/make_submission.py (it redoes only what changed)"
+
+
+# Notes -----------------------------------------------------------------------------------------------------------
+
+BLANK_NOTES = packager.make_report.blank_notes  # the real one, kept before any test stubs it
+
+def test_refuses_blank_notes_naming_each_section(repo, capsys, monkeypatch):
+    asked = stub_blank_notes(monkeypatch, "The data", "Samples")
+    lines, zipped = refusal(repo, capsys)
+    assert lines == ["notes.md: write your reading under: The data; Samples"] and not zipped
+    assert asked == [repo / packager.NOTES]
+
+
+def test_refuses_a_missing_notes_file_naming_every_section(repo, capsys, monkeypatch):
+    monkeypatch.setattr(packager.make_report, "blank_notes", BLANK_NOTES)  # on the repository's report.md
+    sections = BLANK_NOTES(repo / "no-such-notes.md")
+    (repo / packager.NOTES).unlink()
+    lines, zipped = refusal(repo, capsys)
+    assert sections and lines == [f"notes.md: write your reading under: {'; '.join(sections)} (notes.md is missing: "
+                                  f"python tools/make_submission.py writes it)"] and not zipped
+
+
+@pytest.mark.parametrize("notes", ["blank", "missing"])
+def test_allow_blank_notes_builds_with_a_loud_warning(repo, capsys, monkeypatch, notes):
+    stub_blank_notes(monkeypatch, "The data", "Samples")
+    if notes == "missing":
+        (repo / packager.NOTES).unlink()
+    assert package(repo, "--allow-blank-notes") == 0
+    err = capsys.readouterr().err
+    assert "WARNING: notes.md: write your reading under: The data; Samples" in err and "BLANK" in err
+    assert (repo.parent / "dist" / ZIP).is_file()

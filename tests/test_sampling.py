@@ -12,7 +12,7 @@ T = 50
 
 @pytest.fixture(scope="module")
 def schedule():
-    return ddpm.NoiseSchedule(T, "linear")
+    return ddpm.NoiseSchedule(T)
 
 
 @pytest.fixture(scope="module")

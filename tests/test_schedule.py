@@ -11,7 +11,7 @@ T = 1000
 
 @pytest.fixture(scope="module")
 def linear():
-    return ddpm.NoiseSchedule(T, "linear")
+    return ddpm.NoiseSchedule(T)
 
 
 def linear_beta(i, timesteps=T):
@@ -29,9 +29,8 @@ def test_alphas_are_one_minus_betas(linear):
     assert torch.allclose(linear.alphas, 1 - linear.betas)
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine"])
-def test_alphas_cumprod_is_running_product_of_alphas(kind):
-    schedule = ddpm.NoiseSchedule(T, kind)
+def test_alphas_cumprod_is_running_product_of_alphas(linear):
+    schedule = linear
     product, expected = 1.0, []
     for alpha in schedule.alphas.double().tolist():
         product *= alpha
@@ -45,19 +44,6 @@ def test_linear_alpha_bar_at_T_matches_hand_product(linear):
     by_hand = math.prod(1 - linear_beta(i) for i in range(T))
     assert linear.alphas_cumprod[-1].item() == pytest.approx(by_hand, rel=1e-4)
     assert by_hand < 1e-4  # almost no signal is left at t = T
-
-
-def test_cosine_alpha_bar_falls_monotonically_to_near_zero():
-    cosine = ddpm.NoiseSchedule(T, "cosine")
-    assert cosine.alphas_cumprod[0].item() == pytest.approx(1.0, abs=1e-3)
-    assert torch.all(cosine.alphas_cumprod[1:] < cosine.alphas_cumprod[:-1])
-    assert cosine.alphas_cumprod[-1].item() < 1e-4
-    assert torch.all((cosine.betas > 0) & (cosine.betas <= 0.999))
-
-
-def test_unknown_schedule_is_a_user_error():
-    with pytest.raises(ddpm.UserError, match="linear or cosine"):
-        ddpm.NoiseSchedule(10, "quadratic")
 
 
 @pytest.mark.parametrize("t", [0, 1, 10, 500, T - 1])

@@ -73,8 +73,8 @@ def ambient_loss(model, schedule, photo_and_copy_noise, labels, cfg, augment=Non
     sigma_t, root_a_t = (1 - alpha_bar_t).sqrt(), alpha_bar_t.sqrt()
     scale = 1 / (sigma_t * alpha_bar_n.sqrt())
     target = ((c1 + c2 * root_a_t) * x_t - root_a_t * copy) * scale
-    ambient = ddpm.diffusion_loss(c1 / alpha_bar_n.sqrt() * guess, target, cfg.loss)
-    return torch.where(from_copy.flatten(), ambient, ddpm.diffusion_loss(guess, noise, cfg.loss)), t
+    ambient = ddpm.diffusion_loss(c1 / alpha_bar_n.sqrt() * guess, target)
+    return torch.where(from_copy.flatten(), ambient, ddpm.diffusion_loss(guess, noise)), t
 
 
 def main(argv):

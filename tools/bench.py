@@ -90,7 +90,7 @@ def time_sampler(model, schedule, noise, labels, guidance, sampler, steps, devic
 def measure_sampling(cfg, compiled, device, args):
     model = ddpm.build_model(cfg).to(device).eval()
     model = ddpm.compile_model(model, device) if compiled else model
-    schedule = ddpm.NoiseSchedule(cfg.timesteps, cfg.schedule, device)
+    schedule = ddpm.NoiseSchedule(cfg.timesteps, device)
     rows = []
     for guidance in args.guidance:
         for batch in args.sample_batches:

@@ -32,7 +32,7 @@ print("classes:", ", ".join(cfg.classes))"""),
 The reverse process starts from x_T ~ N(0, I): every pixel is an independent standard normal number, with no trace of any image.
 The seed fixes this noise, so the same seed always gives the same animal."""),
     ("code", """SEED = 3
-CLASS_NAME = "Panda" if "Panda" in cfg.classes else cfg.classes[0]
+CLASS_NAME = cfg.classes[0]  # or any other name printed above
 GUIDANCE = DEFAULT_GUIDANCE  # as `sample` uses: classifier-free guidance; 1.0: the paper's sampler, half the time
 
 noise = seeded_noise(1, cfg.image_size, SEED)

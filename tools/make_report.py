@@ -1,9 +1,13 @@
-"""Builds Report.pdf from report/report.md and results/ (figures and metrics.json).
+"""Builds a submission's Report.pdf from report/report.md, its results/ (figures and metrics.json) and its notes.md.
 
-    python tools/make_report.py [--name NAME] [--roll-number ROLL] [--out PATH] [--data-dir PATH]
+    python tools/make_report.py [--submission-dir DIR] [--name NAME] [--roll-number ROLL] [--out PATH]
+                                [--data-dir PATH]
 
-Every number in the report is read from results/ when the report is built, so report and results cannot
-disagree. report/report.md is a small markdown subset:
+A submission folder DIR (default: the repository root) holds results/, written by tools/make_submission.py for the
+student's own classes, and notes.md, the student's own reading of them. Every number in the report is read from
+DIR/results/ when the report is built, so report and results cannot disagree; report/report.md is a template that
+is true for any run: what a sentence says about an outcome is chosen by the measurement. It is a small markdown
+subset:
 
     # Chapter, ## Section          numbered headings; they fill the contents page and the PDF outline
     paragraphs, "- " bullets, ``` code blocks, $$ a centred equation line $$, **bold**, *italic*, `code`,
@@ -13,25 +17,40 @@ disagree. report/report.md is a small markdown subset:
     Table: caption {#tab:name}, then | a | b | rows      a numbered table (---: right-aligns a column); @tab:name
     {expression:format}     a value from the results, formatted with Python's format(), e.g. {metrics.parameters:,}
     !let name = expression  a short name for a value, usable in the lines below
-    !check expression       a claim the prose makes about the results; the build stops if it is false
+    !for x in expression    the lines up to the matching !end, filled in once per item x of the list
+    !if expression          the lines up to the matching !end, only where the expression is true
+    !check expression       a fact the text relies on (e.g. one class list everywhere); the build stops if false.
+                            Never an outcome of the run: a student's build must not stop on what was measured
+    !notes Section title    the student's text under `## Section title` in notes.md, or a note that it is blank
     <!-- comment -->        a line left out of the report
 
 Expressions read `metrics` (results/metrics.json) and `forward` (the forward-process figure's image and the mean
 and std of its x_T): a.b and a["key"] look up keys, a[0] list items, pick(rows, key=value) the one row matching;
-+ - * / // ** and comparisons work on numbers; min, max, abs, round, len, str, names (a list as "A, B and C") and
-alpha_bar(t, T, schedule) (the script's own noise schedule) are available. A missing key stops the build, naming
-the placeholder and the keys that do exist; so does a float without a format.
++ - * / // ** and comparisons (also in, is, not) work as in Python, and so does `A if condition else B`, which
+is how a sentence follows the measurement. min, max, abs, round, len, str, sum, range and format are Python's;
+[a, b] makes a list, names(list) reads "A, B and C", column(rows, key) is [row[key] for row in rows],
+argmin(values) and argmax(values) the index of the smallest and largest value that is not None, and
+alpha_bar(t, T) the script's own noise schedule. A missing key stops the build, naming the placeholder
+and the keys that do exist; so does a float without a format. A line that fills in to nothing (a sentence the
+measurement chose away) is left out, so it does not split its paragraph. Names made by !let inside a !for or !if
+block last until its !end.
 
---data-dir makes the forward-process figure from the first Zebra photo of the training data (the script's
-`forward` command) and draws the photos/ figures, all in a temporary folder. Without it the report shows
+notes.md starts with a title line and a line of instructions; then, for each !notes directive in order, a
+`## Section title` line and the blank marker line, which the student replaces with their own text (the same
+markdown subset; no placeholders). notes_sections, write_notes_template, read_notes and blank_notes serve the
+tools that write and check it.
+
+--data-dir makes the forward-process figure from the first photo of the run's first class (the script's `forward`
+command) and draws the photos/ figures, all in a temporary folder. Without it the report shows
 results/forward_process.png, made from a generated image, and leaves the photos/ figures out, because the photos'
 licence keeps them out of the repository. For the same reason a report built with --data-dir must be written
-somewhere other than the repository's own Report.pdf.
+somewhere other than DIR/Report.pdf.
 
-Building the repository's own Report.pdf (the default --out) also writes report/built_from.json: the sha256 of
-results/metrics.json (which tools/package_submission.py checks) and of every other input (tests/test_report.py
-checks them all). The PDF is byte-for-byte reproducible (reportlab's invariant mode). The builder needs reportlab
-(requirements-dev.txt), Pillow and the DejaVu fonts that ship with matplotlib; rollNumber_05.py never imports it.
+Building DIR/Report.pdf (the default --out) also writes DIR/report/built_from.json: the sha256 of
+DIR/results/metrics.json (which tools/package_submission.py checks) and of every other input (tests/test_report.py
+checks them all), named relative to DIR where they lie in it, else to the repository. The PDF is byte-for-byte
+reproducible (reportlab's invariant mode). The builder needs reportlab (requirements-dev.txt), Pillow and the
+DejaVu fonts that ship with matplotlib; rollNumber_05.py never imports it.
 """
 import argparse
 import ast
@@ -65,12 +84,16 @@ from reportlab.platypus.tableofcontents import TableOfContents
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "report" / "report.md"
+# the repository's own submission; another submission folder holds the same paths (in_submission)
 RESULTS = ROOT / "results"
+NOTES = ROOT / "notes.md"
 DEFAULT_OUT = ROOT / "Report.pdf"
 BUILT_FROM = ROOT / "report" / "built_from.json"
 DATA_FILES = {"metrics": "metrics.json"}
 FORWARD_FIGURE = "forward_process.png"
-FORWARD_CLASS = "Zebra"  # black-and-white stripes: the eye sees them fade step by step
+NOTES_TITLE = "# Notes for Report.pdf"
+NOTES_BLANK = "(write your reading of these results here)"
+NOTES_LEAD = "**Your reading.**"
 PHOTO_FIGURES = "photos/"  # figures drawn from --data-dir at build time; a build without it leaves them out
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TITLE = "Generating animal images with a denoising diffusion model"
@@ -93,25 +116,43 @@ def pick(rows, **match):
     return found[0]
 
 
-def alpha_bar(t, timesteps, schedule):
+def alpha_bar(t, timesteps):
     """alpha_bar_t (paper numbering, t = 1..T) of the script's own noise schedule."""
     sys.path.insert(0, str(ROOT))
     from rollNumber_05 import NoiseSchedule
-    return float(NoiseSchedule(timesteps, schedule).alphas_cumprod[t - 1])
+    return float(NoiseSchedule(timesteps).alphas_cumprod[t - 1])
 
 
 def names(items):
-    """['A', 'B', 'C'] -> 'A, B and C'."""
-    items = [str(i) for i in items]
+    """['A', 'B', 'C'] -> 'A, B and C'; numbers as written, [1.0, 2.5] -> '1 and 2.5'."""
+    items = [format(i, "g") if isinstance(i, float) else str(i) for i in items]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-FUNCTIONS = {"pick": pick, "names": names, "alpha_bar": alpha_bar,
-             "min": min, "max": max, "abs": abs, "round": round, "len": len, "str": str}
+def column(rows, key):
+    """One key of every row, e.g. column(metrics.lr_sweep.runs, "label") -> ['3e-3', '1e-3', ...]."""
+    return [lookup(row, key, "a row") for row in rows]
+
+
+def argmin(values):
+    """The index of the smallest value that is not None (null in the results: not measured), or None if none is."""
+    measured = [i for i, v in enumerate(values) if v is not None]
+    return min(measured, key=lambda i: values[i]) if measured else None
+
+
+def argmax(values):
+    """The index of the largest value that is not None, or None if none is."""
+    return argmin([None if v is None else -v for v in values])
+
+
+FUNCTIONS = {"pick": pick, "names": names, "column": column, "argmin": argmin, "argmax": argmax,
+             "alpha_bar": alpha_bar, "min": min, "max": max, "abs": abs, "round": round, "len": len, "str": str,
+             "sum": sum, "range": range, "format": format}
 OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-             ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.USub: operator.neg,
+             ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.USub: operator.neg, ast.Not: operator.not_,
              ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
-             ast.Eq: operator.eq, ast.NotEq: operator.ne}
+             ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Is: operator.is_, ast.IsNot: operator.is_not,
+             ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
 
 
 def lookup(container, key, where):
@@ -139,6 +180,8 @@ def evaluate(text, data):
             if node.id in data:
                 return data[node.id]
             raise ReportError(f"unknown name {node.id!r}; the results are {', '.join(data)}")
+        if isinstance(node, ast.List):
+            return [value(item) for item in node.elts]
         if isinstance(node, ast.Attribute):
             return lookup(value(node.value), node.attr, ast.unparse(node.value))
         if isinstance(node, ast.Subscript):
@@ -150,9 +193,11 @@ def evaluate(text, data):
         if isinstance(node, ast.Compare) and all(type(op) in OPERATORS for op in node.ops):
             values = [value(node.left)] + [value(c) for c in node.comparators]
             return all(OPERATORS[type(op)](a, b) for op, a, b in zip(node.ops, values, values[1:]))
-        if isinstance(node, ast.BoolOp):
-            results = [value(v) for v in node.values]
+        if isinstance(node, ast.BoolOp):  # lazy, as in Python: `x is not None and x > 0` is safe
+            results = (value(v) for v in node.values)
             return all(results) if isinstance(node.op, ast.And) else any(results)
+        if isinstance(node, ast.IfExp):  # only the branch the condition picks: the other may not exist in this run
+            return value(node.body) if value(node.test) else value(node.orelse)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS:
             return FUNCTIONS[node.func.id](*map(value, node.args), **{k.arg: value(k.value) for k in node.keywords})
         raise ReportError(f"unsupported expression {ast.unparse(node)!r}")
@@ -193,26 +238,73 @@ def render_value(inner, data):
 
 def fill_in(lines, data, source_name=None):
     """Source lines with every {placeholder} replaced; !let lines name a value for the lines below, !check lines
-    are verified; both are dropped, as are comments. Errors name the source line."""
-    out, data, source_name = [], dict(data), source_name or SOURCE.name
-    for number, line in enumerate(lines, 1):
+    are verified, !for and !if blocks are repeated or left out; all these are dropped, as are comments.
+    Errors name the source line."""
+    return fill_numbered(list(enumerate(lines, 1)), dict(data), source_name or SOURCE.name)
+
+
+def fill_numbered(numbered, data, source_name):
+    """fill_in for (line number, line) pairs: a block's lines are filled in by calling this again."""
+    out, i = [], 0
+    while i < len(numbered):
+        number, line = numbered[i]
         try:
-            if line.startswith("!let "):
-                name, _, expr = line[len("!let "):].partition("=")
-                if not name.strip().isidentifier() or not expr.strip():
-                    raise ReportError(f"write !let NAME = EXPRESSION, not {line!r}")
-                data[name.strip()] = evaluate(expr, data)
-                continue
-            if line.startswith("!check "):
-                if not evaluate(line[len("!check "):], data):
-                    raise ReportError(f"claim is false with these results: {line[len('!check '):].strip()}")
-                continue
-            if line.strip().startswith("<!--"):
-                continue
-            out.append(re.sub(r"\{([^{}#]+)\}", lambda m: render_value(m.group(1), data), line))
+            if line.startswith(("!for ", "!if ")):
+                end = block_end(numbered, i)
+                bindings = block_bindings(line, data)
+            elif line.strip() == "!end":
+                raise ReportError("!end without a !for or !if above it")
+            else:
+                end = None
+                out += fill_line(line, data)
         except ReportError as err:
             raise ReportError(f"{source_name} line {number}: {err}") from None
+        if end is not None:  # outside the try: an error inside the block already names its own line
+            for names in bindings:
+                out += fill_numbered(numbered[i + 1:end], {**data, **names}, source_name)
+            i = end
+        i += 1
     return out
+
+
+def fill_line(line, data):
+    """One source line outside a block -> the report lines it gives (none for a directive); !let adds to `data`."""
+    if line.startswith("!let "):
+        name, _, expr = line[len("!let "):].partition("=")
+        if not name.strip().isidentifier() or not expr.strip():
+            raise ReportError(f"write !let NAME = EXPRESSION, not {line!r}")
+        data[name.strip()] = evaluate(expr, data)
+        return []
+    if line.startswith("!check "):
+        if not evaluate(line[len("!check "):], data):
+            raise ReportError(f"claim is false with these results: {line[len('!check '):].strip()}")
+        return []
+    if line.strip().startswith("<!--"):
+        return []
+    filled = re.sub(r"\{([^{}#]+)\}", lambda m: render_value(m.group(1), data), line)
+    return [filled] if filled.strip() or not line.strip() else []  # a sentence chosen away leaves no blank line
+
+
+def block_end(numbered, start):
+    """The index of the !end that closes the !for or !if block opened at `start`; blocks may nest."""
+    depth = 0
+    for i in range(start, len(numbered)):
+        line = numbered[i][1]
+        depth += line.startswith(("!for ", "!if ")) - (line.strip() == "!end")
+        if depth == 0:
+            return i
+    raise ReportError(f"{numbered[start][1].split()[0]} without its !end")
+
+
+def block_bindings(line, data):
+    """What a block's lines are filled in with, once each: {name: item} per item of a !for; for an !if, one empty
+    binding where its condition holds, none where it does not."""
+    if line.startswith("!if "):
+        return [{}] if evaluate(line[len("!if "):], data) else []
+    m = re.fullmatch(r"!for\s+(\w+)\s+in\s+(.+)", line.strip())
+    if not m:
+        raise ReportError(f"write !for NAME in EXPRESSION, not {line!r}")
+    return [{m.group(1): item} for item in evaluate(m.group(2), data)]
 
 
 def load_results(results_dir, files=DATA_FILES):
@@ -223,6 +315,78 @@ def load_results(results_dir, files=DATA_FILES):
             raise ReportError(f"{path} is missing; rebuild the results (see Readme.txt)")
         data[name] = json.loads(path.read_text(encoding="utf-8"))
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The student's notes: notes.md holds a section for each !notes directive of the report
+# ---------------------------------------------------------------------------------------------
+
+NOTES_HELP = ("Replace each line in parentheses with your own reading of that chapter's results (what the figures "
+              "show, what surprised you, what you would try next); Report.pdf prints each section at the end of "
+              "its chapter, so rebuild the report after editing.")
+MARKUP_STARTS = ("#", "- ", "```", "$$", "![", "Table:", "|")  # lines that are not the start of a paragraph
+
+
+def notes_sections(source=SOURCE):
+    """The titles of the report's !notes directives, in order: the sections notes.md has."""
+    titles = [line[len("!notes "):].strip() for line in Path(source).read_text(encoding="utf-8").splitlines()
+              if line.startswith("!notes ")]
+    if len(set(titles)) < len(titles):
+        raise ReportError(f"{Path(source).name}: two !notes directives have the same title")
+    return titles
+
+
+def write_notes_template(path, source=SOURCE):
+    """notes.md with every section blank. An existing file holds the student's text and is never overwritten;
+    returns whether the file was written."""
+    sections = [f"## {title}\n{NOTES_BLANK}\n" for title in notes_sections(source)]
+    try:
+        with open(path, "x", encoding="utf-8") as f:  # "x": fails if the file exists, even if made a moment ago
+            f.write("\n".join([NOTES_TITLE, NOTES_HELP, ""] + sections))
+    except FileExistsError:
+        return False
+    return True
+
+
+def read_notes(path):
+    """{section title: the student's text} from notes.md, less the blank marker line, so an untouched section
+    reads as ""; a missing file has no sections."""
+    if not Path(path).is_file():
+        return {}
+    sections, title = {}, None
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            title = line[len("## "):].strip()
+            sections[title] = []
+        elif title is not None and line.strip() != NOTES_BLANK:
+            sections[title].append(line)
+    return {title: "\n".join(lines).strip() for title, lines in sections.items()}
+
+
+def blank_notes(path, source=SOURCE):
+    """The titles of the report's notes sections that notes.md leaves blank or lacks, in order."""
+    notes = read_notes(path)
+    return [title for title in notes_sections(source) if not notes.get(title)]
+
+
+def with_notes(lines, notes):
+    """The filled-in source lines with each !notes directive replaced by the student's text for its section,
+    after a lead-in; a blank section says so, in italics, where the text will go."""
+    out = []
+    for line in lines:
+        if not line.startswith("!notes "):
+            out.append(line)
+            continue
+        title = line[len("!notes "):].strip()
+        text = notes.get(title, "").splitlines()
+        if not text:
+            out += ["", f"{NOTES_LEAD} *Still blank: write your reading under “{title}” in notes.md and rebuild "
+                        f"the report.*", ""]
+        elif text[0].startswith(MARKUP_STARTS):  # a list or table of the student's own begins below the lead-in
+            out += ["", NOTES_LEAD, ""] + text + [""]
+        else:
+            out += ["", f"{NOTES_LEAD} {text[0]}"] + text[1:] + [""]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,16 +700,18 @@ class ReportDoc(BaseDocTemplate):
 
 def title_page(name, roll_number, data, styles):
     m = data["metrics"]
+    classes, size = m["classes"], m["config"]["image_size"]
     summary = (f"A denoising diffusion probabilistic model with {m['parameters'] / 1e6:.1f} M parameters, trained on "
-               f"{m['evaluation']['train_images']} photos of {names(m['config']['classes'])}, "
-               f"draws new {m['config']['image_size']} x {m['config']['image_size']} px animals from pure noise.")
+               f"{m['data']['train_images']} photos of {names(classes)}, draws new {size} x {size} px animals from "
+               f"pure noise.")
     return [Spacer(1, 1.5 * cm), Paragraph(TITLE, styles["title"]), Spacer(1, 0.6 * cm),
-            Paragraph(f"A DDPM trained from scratch on {len(m['config']['classes'])} classes of about "
-                      f"{m['config']['images_per_class']} photos each", styles["subtitle"]), Spacer(1, 1.5 * cm),
+            Paragraph(f"A DDPM trained from scratch on {len(classes)} classes of about "
+                      f"{m['data']['images_per_class_asked']} photos each", styles["subtitle"]), Spacer(1, 1.5 * cm),
             Paragraph(f"<b>Name:</b> {escape(name)}", styles["centre"]),
             Paragraph(f"<b>Roll number:</b> {escape(roll_number)}", styles["centre"]),
             Spacer(1, 0.4 * cm), Paragraph("Course assignment report", styles["centre"]),
-            Spacer(1, 1.5 * cm), Paragraph(summary, ParagraphStyle("s", parent=styles["centre"], fontSize=10.5)),
+            Spacer(1, 1.5 * cm), Paragraph(escape(summary), ParagraphStyle("s", parent=styles["centre"],
+                                                                           fontSize=10.5)),
             Spacer(1, 1.5 * cm)]
 
 
@@ -553,38 +719,57 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def input_files(results_dir):
-    """Everything the report is made from: the text, the builder, the JSON results and the figures it shows."""
+def in_submission(folder, path):
+    """Where one of the repository's own submission paths (RESULTS, NOTES, DEFAULT_OUT, BUILT_FROM) lies in the
+    submission folder `folder`."""
+    return Path(folder) / Path(path).relative_to(ROOT)
+
+
+def input_files(results_dir, notes):
+    """Everything the report is made from: the text, the builder, the JSON results, the figures it shows and the
+    student's notes."""
     lines = join_directives(SOURCE.read_text(encoding="utf-8").splitlines())
     figures = sorted({figure_path(m.group("path"), results_dir)
                       for line in without_photo_figures(lines) if (m := FIGURE.match(line.strip()))})
-    return [SOURCE, Path(__file__).resolve()] + [Path(results_dir) / f for f in DATA_FILES.values()] + figures
+    return [SOURCE, Path(__file__).resolve()] + [Path(results_dir) / f for f in DATA_FILES.values()] + figures + \
+        ([Path(notes)] if Path(notes).is_file() else [])
 
 
-def forward_from_photo(data_dir, cfg, folder):
-    """The forward-process figure of the first FORWARD_CLASS photo in data_dir, drawn by the script's `forward`
+def input_digests(folder):
+    """{name: sha256, or None where the file is missing} of every input of folder's Report.pdf, each named relative
+    to the submission folder where it lies in it, else to the repository (the report's text and builder, for a
+    submission made elsewhere)."""
+    def name(path):
+        path = Path(path).resolve()
+        base = Path(folder).resolve() if path.is_relative_to(Path(folder).resolve()) else ROOT
+        return path.relative_to(base).as_posix()
+    return {name(p): sha256(p) if p.is_file() else None
+            for p in input_files(in_submission(folder, RESULTS), in_submission(folder, NOTES))}
+
+
+def forward_from_photo(data_dir, class_name, cfg, folder):
+    """The forward-process figure of the first photo of `class_name` in data_dir, drawn by the script's `forward`
     command into `folder`; returns what the report says about it, with the x_T statistics the command prints."""
     command = [sys.executable, str(ROOT / "rollNumber_05.py"), "forward", "--data-dir", str(data_dir),
-               "--class-name", FORWARD_CLASS, "--image-size", str(cfg["image_size"]), "--timesteps",
-               str(cfg["timesteps"]), "--schedule", cfg["schedule"], "--out", str(Path(folder) / FORWARD_FIGURE)]
+               "--class-name", class_name, "--image-size", str(cfg["image_size"]), "--timesteps",
+               str(cfg["timesteps"]), "--out", str(Path(folder) / FORWARD_FIGURE)]
     run = subprocess.run(command, capture_output=True, text=True)
     stats = re.search(r"x_T has mean (\S+) and std (\S+)", run.stderr)
     if run.returncode or not stats:
         raise ReportError(f"the forward-process figure from {data_dir} failed: {run.stderr.strip()[-300:]}")
-    return {"image": f"the first {FORWARD_CLASS} photo of the training data",
+    return {"image": f"the first {class_name} photo of the training data",
             "x_T_mean": float(stats.group(1)), "x_T_std": float(stats.group(2).rstrip(";,."))}
 
 
-def photo_grid(data_dir, cfg, path, per_class=10):
+def photo_grid(data_dir, classes, size, path, per_class=10):
     """The first photos of each class, short side resized and centre-cropped to the training size as in training:
     the data as the model sees it."""
     matplotlib.use("Agg")  # files only: works headless and on every OS
     import matplotlib.pyplot as plt
-    classes, size = cfg["classes"], cfg["image_size"]
     fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class, len(classes)), squeeze=False)
     for row, name in zip(axes, classes):
         if not (Path(data_dir) / name).is_dir():
-            raise ReportError(f"--data-dir {data_dir} has no folder {name}, a class of the shipped model")
+            raise ReportError(f"--data-dir {data_dir} has no folder {name}, a class of this run")
         files = sorted(f for f in (Path(data_dir) / name).iterdir()
                        if f.suffix.lower() in PHOTO_SUFFIXES and not f.name.startswith("."))
         for ax, file in zip(row, files):
@@ -608,26 +793,31 @@ def forward_from_results(metrics):
             "x_T_mean": metrics["x_T_mean"], "x_T_std": metrics["x_T_std"]}
 
 
-def build(out=DEFAULT_OUT, name="[Your Name]", roll_number="[Roll Number]", results_dir=None, data_dir=None):
-    """Writes the PDF to `out` from results_dir (default: results/); with data_dir, the forward-process figure
-    noises a training photo instead and the photos/ figures are drawn. Returns the number of pages."""
-    results_dir = results_dir or RESULTS
+def build(out=DEFAULT_OUT, name="[Your Name]", roll_number="[Roll Number]", results_dir=None, data_dir=None,
+          notes=None):
+    """Writes the PDF to `out` from results_dir (default: results/) and the student's notes (default: notes.md
+    beside results_dir, in the same submission folder); with data_dir, the forward-process figure noises a
+    training photo instead and the photos/ figures are drawn. Returns the number of pages."""
+    results_dir = Path(results_dir or RESULTS)
+    notes = read_notes(notes or results_dir.parent / NOTES.name)
     data = load_results(results_dir)
+    metrics = data["metrics"]
     with tempfile.TemporaryDirectory() as folder:
         if data_dir:
             # a copy of the results in which the photo's figure stands in for the committed one
             results_dir = shutil.copytree(results_dir, Path(folder) / "results")
-            data["forward"] = forward_from_photo(data_dir, data["metrics"]["config"], results_dir)
-            photo_grid(data_dir, data["metrics"]["config"], results_dir / PHOTO_FIGURES / "training_data.png")
+            data["forward"] = forward_from_photo(data_dir, metrics["classes"][0], metrics["config"], results_dir)
+            photo_grid(data_dir, metrics["classes"], metrics["config"]["image_size"],
+                       results_dir / PHOTO_FIGURES / "training_data.png")
         else:
-            data["forward"] = forward_from_results(data["metrics"])
-        return typeset(out, name, roll_number, data, results_dir, photos=bool(data_dir))
+            data["forward"] = forward_from_results(metrics)
+        return typeset(out, name, roll_number, data, notes, results_dir, photos=bool(data_dir))
 
 
-def typeset(out, name, roll_number, data, results_dir, photos):
-    """Writes the PDF to `out` from the report's source, the values in `data` and the figures in results_dir;
-    the photos/ figures only if `photos`."""
-    lines = join_directives(fill_in(SOURCE.read_text(encoding="utf-8").splitlines(), data))
+def typeset(out, name, roll_number, data, notes, results_dir, photos):
+    """Writes the PDF to `out` from the report's source, the values in `data`, the student's `notes` and the
+    figures in results_dir; the photos/ figures only if `photos`."""
+    lines = join_directives(with_notes(fill_in(SOURCE.read_text(encoding="utf-8").splitlines(), data), notes))
     lines = lines if photos else without_photo_figures(lines)
     refs = number_labels(lines)
     register_fonts()
@@ -651,35 +841,41 @@ def typeset(out, name, roll_number, data, results_dir, photos):
     return doc.page
 
 
-def write_built_from():
-    results_dir = RESULTS
-    record = {"results_sha256": sha256(Path(results_dir) / "metrics.json"),
-              "inputs": {p.relative_to(ROOT).as_posix(): sha256(p) for p in input_files(results_dir)},
-              "report_sha256": sha256(DEFAULT_OUT)}
-    BUILT_FROM.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+def write_built_from(folder=ROOT):
+    """folder/report/built_from.json: what folder/Report.pdf was built from."""
+    record = {"results_sha256": sha256(in_submission(folder, RESULTS) / "metrics.json"),
+              "inputs": input_digests(folder), "report_sha256": sha256(in_submission(folder, DEFAULT_OUT))}
+    path = in_submission(folder, BUILT_FROM)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--submission-dir", type=Path, default=ROOT, help="the submission folder: results/ and "
+                                                                          "notes.md are read from it (default: the "
+                                                                          "repository root)")
     parser.add_argument("--name", default="[Your Name]", help="name on the title page (default: %(default)s)")
     parser.add_argument("--roll-number", default="[Roll Number]", help="roll number on the title page "
                                                                        "(default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PDF to write (default: Report.pdf at the "
-                                                                      "repository root)")
+    parser.add_argument("--out", type=Path, help="PDF to write (default: Report.pdf in the submission folder)")
     parser.add_argument("--data-dir", type=Path, help="the training data: the forward-process figure then noises "
                                                       "a real photo (needs --out)")
     args = parser.parse_args(argv)
-    if args.data_dir and args.out.resolve() == DEFAULT_OUT:
-        parser.error("--data-dir puts a training photo into the PDF, and the repository's Report.pdf must not "
-                     "hold one: give --out PATH for a copy elsewhere (e.g. under dist/)")
+    own_report = in_submission(args.submission_dir, DEFAULT_OUT)
+    out = args.out or own_report
+    if args.data_dir and out.resolve() == own_report.resolve():
+        parser.error(f"--data-dir puts a training photo into the PDF, and {own_report} must not hold one: give "
+                     f"--out PATH for a copy elsewhere (e.g. under dist/)")
     try:
-        pages = build(args.out, args.name, args.roll_number, data_dir=args.data_dir)
+        pages = build(out, args.name, args.roll_number, in_submission(args.submission_dir, RESULTS), args.data_dir,
+                      in_submission(args.submission_dir, NOTES))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if args.out.resolve() == DEFAULT_OUT:
-        write_built_from()
-    print(f"wrote {args.out} ({pages} pages)", file=sys.stderr)
+    if out.resolve() == own_report.resolve():
+        write_built_from(args.submission_dir)
+    print(f"wrote {out} ({pages} pages)", file=sys.stderr)
     return 0
 
 

@@ -1,23 +1,35 @@
 """Builds the submission: NAME_ROLL_04.zip, holding one folder NAME_ROLL_05/ with the renamed files.
 
-    python tools/package_submission.py --first-name Ada --roll-number i21-0001 [--data-dir PATH] [--out-dir dist]
+    python tools/package_submission.py --first-name Ada --roll-number i21-0001 [--submission-dir DIR]
+        [--data-dir PATH] [--out-dir dist] [--allow-blank-notes]
+
+The code (rollNumber_05.py, the notebook, the examiner's Readme, the tools) comes from the repository (--root). The
+student's own run comes from the submission folder DIR that tools/make_submission.py makes (default: the
+repository): its model saved_models/ddpm_animals.pt, results/metrics.json, Report.pdf with report/built_from.json,
+and notes.md, the student's reading of the results.
 
 The assignment text names the zip FirstName_RollNumber_04.zip and its folder FirstName_RollNumber_05; the zip
 follows the text, and --zip-number 05 changes its number. The folder holds exactly: ROLL_05.py (rollNumber_05.py,
 its mentions of its own name rewritten), ROLL_05_allCode.py (rebuilt for the new name by tools/build_allcode.py),
 test_single_sample.ipynb (importing ROLL_05, run in the staged folder and saved with its outputs), Report.pdf (name
 and roll number on the title page, by tools/make_report.py), Readme.txt (the examiner's, from
-report/Readme_submission.txt) and saved_models/.
+report/Readme_submission.txt) and DIR's saved_models/.
 
 It refuses to build, listing every violation one per line and exiting 1, when a file is missing, the all-code file
-is stale, the repository root holds more than two Python files, the report was built from other results, the
-package would hold a dataset photo or name another diffusion implementation, the notebook fails in the package, or
-a name cannot stand in a file name. On success it prints a checklist of the assignment's conventions.
+is stale, the repository root holds more than two Python files, the model, results/metrics.json and the report
+disagree on the classes or the run (each line names both files), notes.md has blank sections (--allow-blank-notes
+builds anyway, with a loud warning), the package would hold a dataset photo or name another diffusion
+implementation, the notebook fails in the package, or a name cannot stand in a file name. On success it prints a
+checklist of the assignment's conventions.
+
+The submission's contract, which tools/make_submission.py writes: the model is a torch dict with "class_names";
+results/metrics.json has "classes" and "run": {"model_sha256": "<sha256 of the model>", ...}; every build of DIR's
+report writes DIR/report/built_from.json = {"results_sha256": "<sha256 of DIR/results/metrics.json>", ...}.
 
 The report builder's contract: `python tools/make_report.py --name NAME --roll-number ROLL --out PATH
-[--data-dir PATH]` writes the report to PATH with NAME and ROLL on the title page, and every build of the
-repository's report writes report/built_from.json = {"results_sha256": "<sha256 of results/metrics.json>"}.
---data-dir, passed where the builder has it and a dataset is found, lets the report show a real photo.
+--submission-dir DIR [--data-dir PATH]` writes DIR's report to PATH with NAME and ROLL on the title page, and
+make_report.blank_notes(DIR/notes.md) lists the titles of the sections still blank. --data-dir, passed where the
+builder has it and a dataset is found, lets the report show a real photo.
 """
 import argparse
 import ast
@@ -35,14 +47,16 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
+    import make_report  # reads notes.md; it needs reportlab
     import nbclient
     import nbformat
     import pypdf
+    import torch
 except ImportError as missing:
     sys.exit(f"error: the packager needs {missing.name}: pip install -r requirements-dev.txt")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_allcode as allcode  # noqa: E402
 
 ROOT = allcode.ROOT
@@ -56,10 +70,13 @@ MODEL = "saved_models/ddpm_animals.pt"  # the script's DEFAULT_CHECKPOINT, which
 REPORT = "Report.pdf"
 REPORT_PLACES = ("Report.pdf", "report/Report.pdf")  # where `python tools/make_report.py` may leave it
 REPORT_BUILDER = "tools/make_report.py"
-REPORT_FLAGS = ("--name", "--roll-number", "--out")
+REPORT_FLAGS = ("--name", "--roll-number", "--out", "--submission-dir")
 REPORT_DATA_FLAG = "--data-dir"
 BUILT_FROM = "report/built_from.json"
 METRICS = "results/metrics.json"
+NOTES = "notes.md"
+MAKE_SUBMISSION = "tools/make_submission.py"
+REDO = f"rerun python {MAKE_SUBMISSION} (it redoes only what changed)"  # the fix for a submission out of step
 PHOTO_SUFFIXES = {".jpg", ".jpeg"}  # the dataset is JPEG; figures are PNG, so any JPEG is suspect
 DATASET_SUFFIXES = {".jpg", ".jpeg", ".png"}
 TEXT_SUFFIXES = {".py", ".ipynb", ".txt", ".md", ".json"}
@@ -155,13 +172,14 @@ def find_report(root):
     return next((root / place for place in REPORT_PLACES if (root / place).is_file()), None)
 
 
-def missing_files(root):
-    found = [f"missing file: {name}" for name in (SCRIPT, NOTEBOOK, README_TEMPLATE, MODEL)
-             if not (root / name).is_file()]
+def missing_files(root, submission_dir):
+    found = [f"missing file: {name}" for name in (SCRIPT, NOTEBOOK, README_TEMPLATE) if not (root / name).is_file()]
     if not (root / ALLCODE).is_file():
         found.append(f"missing file: {ALLCODE} (build it: python tools/build_allcode.py)")
-    if find_report(root) is None:
-        found.append(f"missing file: {' or '.join(REPORT_PLACES)} (build it: python {REPORT_BUILDER})")
+    found += [f"missing file: {name} (make it: python {MAKE_SUBMISSION})" for name in (MODEL, METRICS)
+              if not (submission_dir / name).is_file()]
+    if find_report(submission_dir) is None:
+        found.append(f"missing file: {' or '.join(REPORT_PLACES)} (make it: python {MAKE_SUBMISSION})")
     return found
 
 
@@ -184,29 +202,79 @@ def allcode_violations(root):
     return [reason] if reason else []
 
 
-def report_freshness_violations(root):
+def read_json(path):
+    """The JSON in path, or None where it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
+def model_classes(path):
+    """The class names a checkpoint was trained on, or None where it is not a checkpoint that names them."""
+    try:  # weights_only: a checkpoint is plain data, and unpickling anything else could run code
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 -- torch raises many kinds for a file that is not a checkpoint
+        return None
+    return checkpoint.get("class_names") if isinstance(checkpoint, dict) else None
+
+
+def run_violations(submission_dir):
+    """The model must be the one results/metrics.json was measured on: the same classes, in order (a class's
+    label is its index), and the very file, by its sha256."""
+    model, metrics_path = submission_dir / MODEL, submission_dir / METRICS
+    if not (model.is_file() and metrics_path.is_file()):
+        return []  # already listed as missing
+    metrics = read_json(metrics_path)
+    run = metrics.get("run") if isinstance(metrics, dict) else None
+    if not (isinstance(run, dict) and "model_sha256" in run and "classes" in metrics):
+        return [f'{METRICS} has no "classes" and "run" (an older format), so nothing ties it to {MODEL}: {REDO}']
+    classes = model_classes(model)
+    if classes is None:
+        return [f"{MODEL} is not a checkpoint naming its class_names, so it cannot be matched with {METRICS}: "
+                f"{REDO}"]
+    found = []
+    if list(classes) != list(metrics["classes"]):
+        found.append(f"{MODEL} has classes {', '.join(map(str, classes))} but {METRICS} has "
+                     f"{', '.join(map(str, metrics['classes']))}: {REDO}")
+    if sha256(model) != run["model_sha256"]:
+        found.append(f"{MODEL} is not the model {METRICS} was measured on (its sha256 is not the run's "
+                     f"model_sha256): {REDO}")
+    return found
+
+
+def report_freshness_violations(submission_dir):
     """The report must show the current results. report/built_from.json, written by the report builder, records
     the hash of results/metrics.json it was built from; without it, fall back to comparing file times."""
-    report, built_from, metrics = find_report(root), root / BUILT_FROM, root / METRICS
-    if report is None:
+    report, built_from, metrics = find_report(submission_dir), submission_dir / BUILT_FROM, submission_dir / METRICS
+    if report is None or not metrics.is_file():
         return []  # already listed as missing
-    fix = f"rebuild it: python {REPORT_BUILDER}"
+    name = report.relative_to(submission_dir)
     if built_from.is_file():
-        try:
-            recorded = json.loads(built_from.read_text(encoding="utf-8")).get("results_sha256")
-        except (ValueError, AttributeError):
-            return [f"{BUILT_FROM} is not a JSON object with results_sha256: {fix}"]
-        if not metrics.is_file():
-            return [f"{BUILT_FROM} names results, but {METRICS} is missing"]
-        if recorded != sha256(metrics):
-            return [f"{report.relative_to(root)} was built from other results ({BUILT_FROM} does not match the "
-                    f"sha256 of {METRICS}): {fix}"]
+        recorded = read_json(built_from)
+        if not isinstance(recorded, dict) or "results_sha256" not in recorded:
+            return [f"{BUILT_FROM} is not a JSON object with results_sha256, so {name} cannot be matched with "
+                    f"{METRICS}: {REDO}"]
+        if recorded["results_sha256"] != sha256(metrics):
+            return [f"{name} was built from other results than {METRICS} ({BUILT_FROM} records another "
+                    f"sha256): {REDO}"]
         return []
-    results = [path for path in (root / "results").rglob("*") if path.is_file()]
+    results = [path for path in (submission_dir / "results").rglob("*") if path.is_file()]
     newest = max(results, key=lambda path: path.stat().st_mtime, default=None)
     if newest and newest.stat().st_mtime > report.stat().st_mtime:
-        return [f"{report.relative_to(root)} is older than {newest.relative_to(root)}: {fix}"]
+        return [f"{name} is older than {newest.relative_to(submission_dir)}: {REDO}"]
     return []
+
+
+def blank_notes_lines(submission_dir):
+    """One line naming notes.md's blank sections (all of them where it is missing), or [] when every section holds
+    the student's reading."""
+    path = submission_dir / NOTES
+    blank = make_report.blank_notes(path)
+    if not blank:
+        return []
+    missing = "" if path.is_file() else f" ({NOTES} is missing: python {MAKE_SUBMISSION} writes it)"
+    return [f"{NOTES}: write your reading under: {'; '.join(blank)}{missing}"]
 
 
 # Staging the package ---------------------------------------------------------------------------------------------
@@ -259,12 +327,12 @@ def stage_notebook(root, folder, sub):
     allcode.write(folder / NOTEBOOK, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
 
 
-def stage(root, folder, sub):
+def stage(root, submission_dir, folder, sub):
     """Everything but the report and the notebook's outputs, which take long: [violations]."""
     folder.mkdir(parents=True)
     stage_renamed(root, folder, SCRIPT, sub.script, sub)  # the script names itself in its usage lines
     stage_renamed(root, folder, README_TEMPLATE, README, sub)
-    shutil.copytree(root / MODELS, folder / MODELS, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    shutil.copytree(submission_dir / MODELS, folder / MODELS, ignore=shutil.ignore_patterns(".*", "__pycache__"))
     found = []
     for step in (stage_allcode, stage_notebook):
         try:
@@ -349,11 +417,11 @@ def report_builder_takes(root, *flags):
     return builder.is_file() and all(f'"{flag}"' in builder.read_text(encoding="utf-8") for flag in flags)
 
 
-def build_report(root, sub, out, data_dir):
-    """Report.pdf with the name and roll number filled in, by the report builder; given a dataset, with a real
-    photo where the builder can show one."""
+def build_report(root, submission_dir, sub, out, data_dir):
+    """The submission's Report.pdf with the name and roll number filled in, by the report builder; given a dataset,
+    with a real photo where the builder can show one."""
     command = [sys.executable, str(root / REPORT_BUILDER), "--name", sub.first_name, "--roll-number",
-               sub.roll_number, "--out", str(out)]
+               sub.roll_number, "--out", str(out), "--submission-dir", str(submission_dir)]
     if data_dir and report_builder_takes(root, REPORT_DATA_FLAG):
         command += [REPORT_DATA_FLAG, str(data_dir)]
     print(f"building {REPORT}: {' '.join(command[1:])}", flush=True)
@@ -368,14 +436,14 @@ def warn_loudly(lines):
     print("\n".join([bar, *(f"WARNING: {line}" for line in lines), bar]), file=sys.stderr)
 
 
-def stage_report(root, folder, sub, data_dir):
+def stage_report(root, submission_dir, folder, sub, data_dir):
     out = folder / REPORT
     if report_builder_takes(root, *REPORT_FLAGS):
-        build_report(root, sub, out, data_dir)
+        build_report(root, submission_dir, sub, out, data_dir)
         return
     warn_loudly([f"{REPORT_BUILDER} is missing or lacks {', '.join(REPORT_FLAGS)}.",
                  f"{REPORT} is shipped UNCHANGED: your name and roll number are NOT on its title page."])
-    shutil.copy2(find_report(root), out)
+    shutil.copy2(find_report(submission_dir), out)
 
 
 # The notebook ----------------------------------------------------------------------------------------------------
@@ -528,10 +596,16 @@ def parse_args(argv=None):
                                                  "report builder (default: ROOT/../shared/data/animals if present)")
     p.add_argument("--out-dir", type=Path, help="where the zip goes (default: ROOT/dist)")
     p.add_argument("--root", type=Path, default=ROOT, help="the repository to package (default: this one)")
+    p.add_argument("--submission-dir", type=Path, help=f"the folder {MAKE_SUBMISSION} made: the model, results, "
+                                                       "report and notes to ship (default: ROOT)")
+    p.add_argument("--allow-blank-notes", action="store_true", help=f"build even while {NOTES} has blank "
+                                                                     "sections, with a loud warning")
     args = p.parse_args(argv)
-    if args.data_dir and not args.data_dir.is_dir():
-        p.error(f"--data-dir {args.data_dir}: no such folder")
+    for flag, path in (("--data-dir", args.data_dir), ("--submission-dir", args.submission_dir)):
+        if path and not path.is_dir():
+            p.error(f"{flag} {path}: no such folder")
     args.root = args.root.resolve()
+    args.submission_dir = (args.submission_dir or args.root).resolve()
     args.data_dir = args.data_dir.resolve() if args.data_dir else default_dataset(args.root)
     args.out_dir = args.out_dir or args.root / "dist"
     return args
@@ -543,10 +617,10 @@ def refuse(sub, violations):
     return 1
 
 
-def stage_slow_parts(root, folder, sub, photos, data_dir):
+def stage_slow_parts(root, submission_dir, folder, sub, photos, data_dir):
     """The report and the notebook's run, each followed by the rules on what it added: ([violations], seconds the
     notebook took)."""
-    stage_report(root, folder, sub, data_dir)
+    stage_report(root, submission_dir, folder, sub, data_dir)
     violations = package_violations(folder, sub, photos)
     if violations:
         return violations, None  # refused before the notebook's minute
@@ -554,22 +628,29 @@ def stage_slow_parts(root, folder, sub, photos, data_dir):
     return package_violations(folder, sub, photos) + layout_violations(folder, sub), seconds
 
 
-def package(root, sub, out_dir, data_dir=None):
-    """Builds the zip: (path or None, [violations], checklist)."""
-    names, missing = name_violations(sub), missing_files(root)
+def package(root, sub, out_dir, data_dir=None, submission_dir=None, allow_blank_notes=False):
+    """Builds the zip from the code in root and the run in submission_dir (default: root): (path or None,
+    [violations], checklist)."""
+    submission_dir = submission_dir or root
+    names, missing = name_violations(sub), missing_files(root, submission_dir)
     violations = (names + missing + root_python_violations(root) + allcode_violations(root)
-                  + report_freshness_violations(root))
+                  + run_violations(submission_dir) + report_freshness_violations(submission_dir))
+    blank_notes = blank_notes_lines(submission_dir)
+    if allow_blank_notes and blank_notes:
+        warn_loudly(blank_notes + ["--allow-blank-notes: the report ships with these sections BLANK."])
+    elif blank_notes:
+        violations += blank_notes
     if names or missing:
         return None, violations, []  # no name to stage the package under, or nothing to stage
     photos = dataset_photos(data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / sub.folder
-        violations += stage(root, folder, sub)
+        violations += stage(root, submission_dir, folder, sub)
         violations += package_violations(folder, sub, photos)
         if violations:
             return None, violations, []  # refused before the slow steps
         try:
-            violations, seconds = stage_slow_parts(root, folder, sub, photos, data_dir)
+            violations, seconds = stage_slow_parts(root, submission_dir, folder, sub, photos, data_dir)
         except PackagingError as error:
             violations = [str(error)]
         if violations:
@@ -586,7 +667,8 @@ def zip_number_note(sub):
 def main(argv=None):
     args = parse_args(argv)
     sub = Submission(args.first_name, args.roll_number, args.zip_number)
-    path, violations, items = package(args.root, sub, args.out_dir, args.data_dir)
+    path, violations, items = package(args.root, sub, args.out_dir, args.data_dir, args.submission_dir,
+                                      args.allow_blank_notes)
     if violations:
         return refuse(sub, violations)
     for mark, line in items:

@@ -1,0 +1,544 @@
+"""A student's own submission from their photos, in one command: model, results, report and zip.
+
+    python tools/make_submission.py --data-dir PATH --classes A,B,C,D,E --first-name NAME --roll-number ROLL \
+        [--profile auto|cpu|gpu|smoke] [--out-dir DIR]
+
+DIR (default: this repository) receives saved_models/ddpm_animals.pt, results/, notes.md, Report.pdf and
+dist/NAME_ROLL_04.zip; the runs go to DIR/runs/submission/. The stages, in order:
+
+  train       the main model through the profile's whole schedule, keeping a checkpoint every tenth of it
+  lr          the learning-rate experiment: the same recipe, shortened, at three peak rates
+  evaluate    every checkpoint of the full-resolution phase: novelty, copy share, asked-class share, loss
+  choose      the latest checkpoint that meets the targets (or the nearest) -> DIR/saved_models/ddpm_animals.pt
+  lr-results  each learning-rate run's loss and final model, tested as the checkpoints are
+  results     every figure and number of the report -> DIR/results/
+  report      DIR/notes.md (one blank per section, for your own reading) and DIR/Report.pdf
+  package     the zip (tools/package_submission.py), once notes.md has no blank left
+
+Rerunning the command skips every stage that is finished and made with the same settings, and an interrupted
+training run (Ctrl-C, a closed laptop) continues from its last checkpoint; so after writing notes.md, rerunning
+only rebuilds the report and the zip. The training seed comes from the roll number, so two students with the same
+photos still hand in different models. Before the first stage the command prints its plan with a time estimate per
+stage, from the speed it measures on this machine in its first seconds.
+
+Profiles: cpu (the defaults of `train`, for a 2-core laptop), gpu (a larger U-Net, batch 256, compiled), smoke
+(tiny, for tests) and auto (gpu where CUDA is present, else cpu).
+"""
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+import rollNumber_05 as ddpm  # noqa: E402
+import make_results as figures  # noqa: E402
+
+SCRIPT = ROOT / "rollNumber_05.py"
+# Early stopping before memorisation: the latest checkpoint whose samples show the asked class, sit about as far
+# from the photos as a new photo would, and copy few of them (Favero et al. 2025: copying sets in later the more
+# photos there are; the copy test is the photos' own leave-one-out distance).
+TARGETS = {"asked_class_share": 0.9, "novelty": 0.75, "copy_share": 0.4}
+AT_MOST = {"copy_share"}  # the other targets are lower bounds
+TARGET_NAMES = {"asked_class_share": "asked class", "novelty": "novelty", "copy_share": "copies"}
+GUIDANCE_SCALES = (1.0, 2.0, 3.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Profile:
+    device: str
+    train: dict = field(default_factory=dict)  # `train` flags beyond its defaults, by Config field name
+    lr_rates: tuple = (3e-3, 1e-3, 2e-4)       # the default rate and one three to five times either side
+    lr_epochs: int = 400                        # the learning-rate runs: the recipe shortened to this many passes
+    checkpoints: int = 10                       # checkpoints kept, evenly spaced through the schedule
+    eval_samples: int = 100                     # samples per checkpoint for novelty, copies and class share
+    lr_eval_samples: int = 50
+    figure_samples: int = 6                     # per class in samples.png
+
+
+PROFILES = {
+    # 64 px in about 50 minutes on a 2-core CPU (results/cpu_64px); the rest of the command about 40 more
+    "cpu": Profile(device="cpu"),
+    # the shipped GPU model's U-Net and batch with the CPU recipe's options; 2,500 steps of 256 for 99 photos
+    "gpu": Profile(device="cuda", train={"base_channels": 64, "channel_mults": [1, 2, 2, 2], "dropout": 0.1,
+                                         "lr": 5e-4, "epochs": 6464, "compile": True},
+                   lr_rates=(1.5e-3, 5e-4, 1.5e-4), lr_epochs=2000, eval_samples=200, lr_eval_samples=100,
+                   figure_samples=8),
+    # seconds on a CPU: checks that every stage runs, says nothing about quality
+    "smoke": Profile(device="cpu", train={"image_size": 16, "patch_size": 1, "base_channels": 8,
+                                          "channel_mults": [1, 2], "attention_resolutions": [8], "head_channels": 4,
+                                          "timesteps": 50, "batch_size": 8, "epochs": 12, "sample_every": 0},
+                     lr_epochs=4, checkpoints=4, eval_samples=10, lr_eval_samples=5, figure_samples=2),
+}
+
+
+class StageError(ddpm.UserError):
+    """A stage cannot go on; printed as one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: the profile's recipe for this student's data
+# ---------------------------------------------------------------------------------------------
+
+def seed_from(roll_number):
+    """A training seed from the roll number: the same student gets the same model, two students different ones."""
+    return int(hashlib.sha256(roll_number.strip().encode()).hexdigest(), 16) % 1_000_000
+
+
+def as_flags(settings):
+    """{"base_channels": 64, "compile": True, "channel_mults": [1, 2]} -> ["--base-channels", "64", "--compile",
+    "--channel-mults", "1,2"]."""
+    flags = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return flags
+
+
+@dataclass
+class Plan:
+    """Everything the stages need: the student's choices, the profile and the numbers derived from the data."""
+    args: argparse.Namespace
+    profile: Profile
+    cfg: ddpm.Config       # the main run's settings, as `train` will see them
+    photos_per_class: list
+    seed: int
+
+    @property
+    def runs(self):
+        return self.args.out_dir / "runs" / "submission"
+
+    @property
+    def main_run(self):
+        return self.runs / "main"
+
+    def steps(self, epochs):
+        return math.ceil(epochs * sum(self.photos_per_class) / self.cfg.batch_size)
+
+    @property
+    def total_steps(self):
+        return self.steps(self.cfg.epochs)
+
+    @property
+    def save_every(self):
+        return max(1, math.ceil(self.total_steps / self.profile.checkpoints))
+
+    def train_settings(self, **changes):
+        return {**self.profile.train, "seed": self.seed, **changes}
+
+    def train_command(self, out_dir, settings):
+        return [sys.executable, str(SCRIPT), "train", "--data-dir", str(self.args.data_dir), "--classes",
+                ",".join(self.cfg.classes), "--device", self.profile.device, "--out-dir", str(out_dir),
+                *as_flags(settings)]
+
+    @property
+    def lr_runs(self):
+        """(rate, folder, settings) of each learning-rate run, highest rate first."""
+        return [(lr, self.runs / f"lr_{figures.lr_label(lr)}",
+                 self.train_settings(lr=lr, epochs=self.profile.lr_epochs, sample_every=0))
+                for lr in sorted(self.profile.lr_rates, reverse=True)]
+
+
+def make_plan(args):
+    profile = PROFILES[args.profile]
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        raise StageError("--profile gpu needs a CUDA GPU (none found); use --profile cpu")
+    defaults = ddpm.device_defaults(profile.device)
+    cfg = ddpm.Config(**{**defaults, **profile.train, "data_dir": str(args.data_dir)})
+    data = ddpm.AnimalPhotos(args.data_dir, args.classes, len(args.classes), cfg.images_per_class, cfg.image_size,
+                             flip=False)  # reads every photo now: a bad folder stops here, not after an hour
+    photos_per_class = [int((data.labels == k).sum()) for k in range(len(data.class_names))]
+    cfg = dataclasses.replace(cfg, classes=data.class_names, num_classes=len(data.class_names))
+    ddpm.check_image_size(cfg)
+    return Plan(args, profile, cfg, photos_per_class, seed_from(args.roll_number))
+
+
+# ---------------------------------------------------------------------------------------------
+# The time estimate: this machine's speed, measured in its first seconds
+# ---------------------------------------------------------------------------------------------
+
+def images_per_second(cfg, device, size, seconds=2.0):
+    """Training speed at `size` px: steps on random images for about `seconds`, after two warm-up steps (the first
+    steps at a new size are slow while the convolution library picks its kernels)."""
+    trainer = ddpm.build_trainer(dataclasses.replace(cfg, compile=False), device, total_steps=100)
+    x0 = torch.randn(cfg.batch_size, 3, size, size, device=device)
+    labels = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
+    for step in range(2):
+        ddpm.train_step(trainer, x0, labels, step)
+    start, steps = time.time(), 0
+    while steps < 2 or time.time() - start < seconds:
+        steps += 1
+        ddpm.train_step(trainer, x0, labels, steps + 1)
+    return steps * cfg.batch_size / (time.time() - start)
+
+
+def network_seconds(cfg, device, batch=16):
+    """Seconds for one guided network evaluation of one image (two passes: with and without the class)."""
+    model = ddpm.build_model(cfg).to(device).eval()
+    x = torch.randn(2 * batch, 3, cfg.image_size, cfg.image_size, device=device)
+    t = torch.full((2 * batch,), 500, device=device)
+    with torch.no_grad():
+        model(x, t, torch.zeros(2 * batch, dtype=torch.long, device=device))
+        start = time.time()
+        model(x, t, torch.zeros(2 * batch, dtype=torch.long, device=device))
+    return (time.time() - start) / batch
+
+
+def estimate(plan):
+    """Seconds per stage, from the speed measured here."""
+    cfg, profile, device = plan.cfg, plan.profile, torch.device(plan.profile.device)
+    full = images_per_second(cfg, device, cfg.image_size)
+    half = images_per_second(cfg, device, cfg.image_size // 2) if cfg.low_res_share else full
+    per_image = network_seconds(cfg, device)
+
+    def training(steps):
+        low = math.ceil(cfg.low_res_share * steps)
+        return cfg.batch_size * (low / half + (steps - low) / full)
+
+    evaluated = plan.profile.checkpoints * (1 - cfg.low_res_share)
+    loss_grid = 10 * sum(plan.photos_per_class) / 2  # one unguided pass per photo at 10 values of t
+    sampling = {"evaluate": evaluated * (profile.eval_samples * 50 + loss_grid),
+                "lr": len(profile.lr_rates) * (profile.lr_eval_samples * 50 + loss_grid),
+                "results": cfg.timesteps * (1 + cfg.num_classes) + 50 * cfg.num_classes * (
+                    2 * profile.figure_samples + len(GUIDANCE_SCALES) + 2) + 8 * 50,
+                "package": cfg.timesteps}  # the notebook's DDPM sample
+    return {"train": training(plan.total_steps),
+            "lr": len(profile.lr_rates) * training(plan.steps(profile.lr_epochs)) + sampling["lr"] * per_image,
+            "evaluate": sampling["evaluate"] * per_image, "choose": 1,
+            "results": sampling["results"] * per_image, "report": 30,
+            "package": sampling["package"] * per_image + 60}
+
+
+def print_plan(plan, seconds, done):
+    cfg = plan.cfg
+    print(f"plan: {', '.join(cfg.classes)} ({sum(plan.photos_per_class)} photos), profile {plan.args.profile} on "
+          f"{plan.profile.device}, {cfg.image_size} px, {plan.total_steps:,} steps of {cfg.batch_size}, seed "
+          f"{plan.seed} (from the roll number) -> {plan.args.out_dir}", file=sys.stderr)
+    for name, s in seconds.items():
+        state = "done, skipped" if name in done else f"about {ddpm.format_seconds(s)}"
+        print(f"  {name:9s} {state}", file=sys.stderr)
+    left = sum(s for name, s in seconds.items() if name not in done)
+    print(f"  in all about {ddpm.format_seconds(left)} from now", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages: each records its settings and time in runs/submission/stages.json when it finishes
+# ---------------------------------------------------------------------------------------------
+
+def as_json(value):
+    """value as it reads back from stages.json (tuples become lists, number keys strings), so that settings compare
+    equal across runs."""
+    return json.loads(json.dumps(value))
+
+
+class Stages:
+    """runs/submission/stages.json: for each stage its settings, the seconds spent on it (summed over interrupted
+    attempts) and, once finished, its result."""
+
+    def __init__(self, path):
+        self.path = path
+        self.done = json.loads(path.read_text()) if path.is_file() else {}
+
+    def is_current(self, name, settings, output=None):
+        record = self.done.get(name, {})
+        return "result" in record and record["settings"] == as_json(settings) and (output is None or output.exists())
+
+    def started_otherwise(self, name, settings):
+        record = self.done.get(name)
+        return record is not None and record["settings"] != as_json(settings)
+
+    def save(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.done, indent=2))
+
+    def run(self, name, settings, work, output=None):
+        """work() unless the stage finished with these settings and its output is there; its result is kept for the
+        stages after it."""
+        if self.is_current(name, settings, output):
+            return self.done[name]["result"]
+        print(f"== {name}", file=sys.stderr)
+        record = self.done.get(name, {})
+        spent = record.get("seconds", 0) if record.get("settings") == as_json(settings) else 0
+        self.done[name] = record = {"settings": as_json(settings), "seconds": spent}
+        start = time.time()
+        try:
+            record["result"] = as_json(work())
+        finally:
+            record["seconds"] = round(spent + time.time() - start, 1)
+            self.save()
+        return record["result"]
+
+
+def run_training(command, out_dir):
+    """`train` in a child process, continued with --resume where a checkpoint exists. Ctrl-C reaches the child
+    too, which saves a checkpoint: wait for it before stopping, or the save would be cut off."""
+    resume = any(ddpm.checkpoint_dir(out_dir).glob("step_*.pt"))
+    process = subprocess.Popen(command + ["--resume"] * resume)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.wait()
+        raise
+    return code
+
+
+def train_main(plan):
+    settings = plan.train_settings(save_every=plan.save_every, keep_checkpoints=0)
+    code = run_training(plan.train_command(plan.main_run, settings), plan.main_run)
+    if code or not (plan.main_run / "samples" / "final.png").is_file():
+        raise StageError(f"training stopped before its last step (exit {code}); rerun this command to continue")
+
+
+def train_lr_runs(plan):
+    """The learning-rate runs; a run that stops on non-finite losses is a result (it diverged), not an error."""
+    diverged = []
+    for lr, folder, settings in plan.lr_runs:
+        code = run_training(plan.train_command(folder, settings), folder)
+        if not (folder / "samples" / "final.png").is_file():
+            if code != 2:  # 2: the trainer's own error, here its stop after too many non-finite losses
+                raise StageError(f"the lr {lr:g} run stopped early (exit {code}); rerun this command to continue")
+            diverged.append(lr)
+    return diverged
+
+
+def evaluated_steps(plan):
+    """The checkpoints taken after the half-resolution phase: the ones that can be shipped."""
+    first = plan.cfg.low_res_share * plan.total_steps
+    return sorted(int(p.stem.split("_")[1]) for p in ddpm.checkpoint_dir(plan.main_run).glob("step_*.pt")
+                  if int(p.stem.split("_")[1]) > first)
+
+
+def evaluate_checkpoint(plan, path, num_samples, out_json):
+    """`evaluate`'s numbers for one checkpoint, at the guidance `sample` and the notebook use; kept in a JSON file
+    so a rerun does not sample again."""
+    if out_json.is_file():
+        return json.loads(out_json.read_text())
+    with contextlib.redirect_stderr(io.StringIO()):  # the data's warnings were shown once, in the plan
+        result = ddpm.evaluate(path, plan.args.data_dir, out_json, plan.profile.device, num_samples, seed=plan.seed)
+    print(f"  {out_json.parent.parent.name} step {result['step']}: novelty {result['novelty']:.2f}, copies "
+          f"{result['copy_share']:.0%}, asked class {result['asked_class_share']:.0%}", file=sys.stderr)
+    return result
+
+
+def evaluate_main(plan):
+    return [evaluate_checkpoint(plan, ddpm.checkpoint_dir(plan.main_run) / f"step_{step:08d}.pt",
+                                plan.profile.eval_samples, plan.main_run / "evals" / f"step_{step:08d}.json")
+            for step in evaluated_steps(plan)]
+
+
+def misses(result, targets=TARGETS):
+    """The targets a checkpoint misses, in words, e.g. ['asked class 82% (target: at least 90%)']."""
+    found = []
+    for key, target in targets.items():
+        at_most = key in AT_MOST
+        if result[key] > target if at_most else result[key] < target:
+            percent = key != "novelty"
+            shown = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.2f}")
+            found.append(f"{TARGET_NAMES[key]} {shown(result[key])} (target: {'at most' if at_most else 'at least'} "
+                         f"{shown(target)})")
+    return found
+
+
+def shortfall(result, targets=TARGETS):
+    """How far a checkpoint is from meeting every target: the sum of its relative misses (0 when it meets them)."""
+    return sum(max(0.0, (result[k] - t) if k in AT_MOST else (t - result[k])) / t for k, t in targets.items())
+
+
+def choose_checkpoint(results, targets=TARGETS):
+    """The latest checkpoint that meets every target; if none does, the one nearest to them (the later of equals).
+    Never the clock: a later checkpoint is only better until the samples start copying the photos."""
+    meeting = [r for r in results if not misses(r, targets)]
+    if meeting:
+        return max(meeting, key=lambda r: r["step"])
+    return min(results, key=lambda r: (shortfall(r, targets), -r["step"]))
+
+
+def export_model(checkpoint, path):
+    """The chosen checkpoint's EMA weights in float16 with its config and class names: what `sample` and the
+    notebook load, the same form as the model.pt a run writes."""
+    payload = ddpm.load_checkpoint(checkpoint)
+    ddpm.save_atomically({"config": payload["config"], "class_names": payload["class_names"], "step": payload["step"],
+                          "ema": {k: v.half() for k, v in payload["ema"].items()}}, path)
+
+
+def choose(plan, results):
+    chosen = choose_checkpoint(results)
+    model_path = plan.args.out_dir / "saved_models" / "ddpm_animals.pt"
+    export_model(ddpm.checkpoint_dir(plan.main_run) / f"step_{chosen['step']:08d}.pt", model_path)
+    missed = misses(chosen)
+    print(f"  chosen: step {chosen['step']}" + (f", missing {'; '.join(missed)}" if missed else ", meets every target"),
+          file=sys.stderr)
+    return {"step": chosen["step"], "meets_targets": not missed, "misses": missed,
+            "is_last": chosen["step"] == plan.total_steps, "model_sha256": sha256(model_path)}
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def lr_results(plan, diverged):
+    """Each learning-rate run in numbers: its loss, and its final model's novelty and class share."""
+    runs = []
+    for lr, folder, _ in plan.lr_runs:
+        run = {"lr": lr, "label": figures.lr_label(lr), "is_default": lr == plan.cfg.lr, "diverged": lr in diverged,
+               **figures.lr_run_summary(folder)}
+        keys = ("denoising_loss", "novelty", "copy_share", "asked_class_share")
+        evaluation = None if run["diverged"] else evaluate_checkpoint(
+            plan, folder / "model.pt", plan.profile.lr_eval_samples, folder / "evals" / "model.json")
+        runs.append({**run, **{k: evaluation[k] if evaluation else None for k in keys}})
+    return {"epochs": plan.profile.lr_epochs, "runs": runs}
+
+
+def training_summary(plan):
+    rows = ddpm.read_log(plan.main_run / "log.csv")
+    return {**json.loads((plan.main_run / "run_info.json").read_text()), "total_steps": plan.total_steps,
+            "low_res_steps": math.ceil(plan.cfg.low_res_share * plan.total_steps),
+            "final_loss": figures.final_mean(rows, "loss"),
+            "final_loss_per_t_quarter": [figures.final_mean(rows, f"loss_t{q}") for q in range(1, 5)]}
+
+
+def make_results(plan, checkpoints, chosen, lr_sweep, stages):
+    """DIR/results/: every figure of the report and metrics.json, from the chosen model and the runs."""
+    out = plan.args.out_dir / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(plan.profile.device)
+    model, schedule, cfg = ddpm.load_model(plan.args.out_dir / "saved_models" / "ddpm_animals.pt", device)
+    images, _ = ddpm.training_images(plan.args.data_dir, cfg)
+    seed = plan.seed
+    ddpm.plot_loss_curve(ddpm.read_log(plan.main_run / "log.csv"), out / "loss_curve.png")
+    figures.checkpoint_choice(checkpoints, TARGETS, chosen["step"], out / "checkpoints.png")
+    figures.lr_sweep([(lr, folder) for lr, folder, _ in plan.lr_runs], out)
+    figures.per_class_samples(model, schedule, cfg, out, plan.profile.figure_samples, seed)
+    forward = figures.reverse_and_forward(model, schedule, cfg, out, seed)
+    sampling_seconds = figures.sampler_comparison(model, schedule, cfg, out, seed)
+    figures.guidance_comparison(model, schedule, cfg, out, seed, GUIDANCE_SCALES)
+    figures.nearest_neighbours(model, schedule, cfg, images, out, seed)
+    evaluation = next(r for r in checkpoints if r["step"] == chosen["step"])
+    metrics = {
+        "classes": cfg.classes,
+        "run": {"command": command_line(plan.args), "profile": plan.args.profile, "seed": seed,
+                "model_sha256": chosen["model_sha256"],
+                "stage_seconds": {name: stages.done[name]["seconds"] for name in ("train", "lr", "evaluate")}},
+        "config": dataclasses.asdict(cfg), "parameters": ddpm.count_parameters(model),
+        "data": {"train_images": len(images), "photos_per_class": plan.photos_per_class,
+                 "images_per_class_asked": cfg.images_per_class},
+        "training": training_summary(plan), "targets": TARGETS,
+        "checkpoints": [{k: r[k] for k in ("step", "denoising_loss", "novelty", "copy_share", "asked_class_share",
+                                           "memorisation_rate", "nearest_photos_distinct")}
+                        | {"meets_targets": not misses(r)} for r in checkpoints],
+        "chosen": {k: v for k, v in chosen.items() if k != "model_sha256"},
+        "evaluation": {k: v for k, v in evaluation.items() if k != "checkpoint"},
+        "lr_sweep": lr_sweep, "sampling_seconds": sampling_seconds, "sampling_device": figures.device_name(model),
+        "guidance_scales": list(GUIDANCE_SCALES), **forward}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def command_line(args):
+    """The command as the student would type it again (the name stays out: the report's title page has it)."""
+    return (f"python tools/make_submission.py --data-dir DATA --classes {','.join(args.classes)} --first-name NAME "
+            f"--roll-number ROLL --profile {args.profile}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Report and package: quick, so they are rebuilt on every run
+# ---------------------------------------------------------------------------------------------
+
+def run_tool(*arguments):
+    command = [sys.executable, *map(str, arguments)]
+    if subprocess.run(command).returncode:
+        raise StageError(f"{Path(arguments[0]).name} failed (its message is above); fix it and rerun this command")
+
+
+def build_report(plan):
+    import make_report  # reportlab: only the report needs it
+    notes = plan.args.out_dir / "notes.md"
+    make_report.write_notes_template(notes)
+    run_tool(ROOT / "tools" / "make_report.py", "--submission-dir", plan.args.out_dir)
+    return make_report.blank_notes(notes)
+
+
+def package(plan, blanks):
+    args = plan.args
+    if blanks and not args.allow_blank_notes:
+        print(f"not packed yet: {args.out_dir / 'notes.md'} still has blanks under {'; '.join(blanks)}. Write your "
+              f"own reading of the results there, then rerun this command: only the report and the zip are "
+              f"rebuilt.", file=sys.stderr)
+        return False
+    run_tool(ROOT / "tools" / "package_submission.py", "--first-name", args.first_name, "--roll-number",
+             args.roll_number, "--data-dir", args.data_dir, "--submission-dir", args.out_dir, "--out-dir",
+             args.out_dir / "dist", *["--allow-blank-notes"] * args.allow_blank_notes)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, required=True, help="folder holding one subfolder of photos per class")
+    p.add_argument("--classes", type=ddpm.name_list, required=True, help="your 5 classes, e.g. Bear,Cat,Cow,Dog,Elephant")
+    p.add_argument("--first-name", required=True, help="for the zip's name and the report's title page")
+    p.add_argument("--roll-number", required=True, help="for the zip's name; also seeds the training")
+    p.add_argument("--profile", choices=["auto", *PROFILES], default="auto",
+                   help="auto: gpu where CUDA is present, else cpu (default: auto)")
+    p.add_argument("--out-dir", type=Path, default=ROOT, help="where the submission goes (default: this repository)")
+    p.add_argument("--allow-blank-notes", action="store_true", help="pack although notes.md still has blanks")
+    args = p.parse_args(argv)
+    if args.profile == "auto":
+        args.profile = "gpu" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def make_submission(args):
+    plan = make_plan(args)
+    stages = Stages(plan.runs / "stages.json")
+    main_settings = plan.train_settings(save_every=plan.save_every, keep_checkpoints=0)
+    lr_settings = [settings for _, _, settings in plan.lr_runs]
+    data = {"classes": plan.cfg.classes, "photos": plan.photos_per_class, "data_dir": str(args.data_dir)}
+    for name, settings in (("train", main_settings), ("lr", lr_settings)):
+        if stages.started_otherwise(name, {**data, "flags": settings}):
+            raise StageError(f"{plan.runs} holds runs made with other classes, photos or settings; use another "
+                             f"--out-dir, or delete {plan.runs} to start again")
+    print_plan(plan, estimate(plan), [name for name, record in stages.done.items() if "result" in record])
+    stages.run("train", {**data, "flags": main_settings}, lambda: train_main(plan))
+    diverged = stages.run("lr", {**data, "flags": lr_settings}, lambda: train_lr_runs(plan))
+    checkpoints = stages.run("evaluate", {"after": stages.done["train"]["settings"],
+                                          "samples": plan.profile.eval_samples}, lambda: evaluate_main(plan))
+    chosen = stages.run("choose", {"checkpoints": checkpoints, "targets": TARGETS}, lambda: choose(plan, checkpoints),
+                        args.out_dir / "saved_models" / "ddpm_animals.pt")
+    lr_sweep = stages.run("lr-results", {"after": stages.done["lr"]["settings"]}, lambda: lr_results(plan, diverged))
+    stages.run("results", {"chosen": chosen, "lr": lr_sweep},
+               lambda: make_results(plan, checkpoints, chosen, lr_sweep, stages), args.out_dir / "results" / "metrics.json")
+    blanks = build_report(plan)
+    packed = package(plan, blanks)
+    spent = {name: record["seconds"] for name, record in stages.done.items()}
+    print(f"stages: {', '.join(f'{n} {ddpm.format_seconds(s)}' for n, s in spent.items())}; in all "
+          f"{ddpm.format_seconds(sum(spent.values()))}" + ("" if packed else " (not packed yet)"), file=sys.stderr)
+
+
+def main(argv=None):
+    try:
+        make_submission(parse_args(argv))
+    except ddpm.UserError as err:  # a StageError too: one line, never a traceback
+        sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: rerun the same command to continue")
+
+
+if __name__ == "__main__":
+    main()
