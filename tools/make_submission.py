@@ -140,6 +140,11 @@ class Plan:
     def train_settings(self, **changes):
         return {**self.profile.train, "seed": self.seed, **changes}
 
+    @property
+    def main_settings(self):
+        """The main run's `train` flags: every checkpoint kept, for the choice after training."""
+        return self.train_settings(save_every=self.save_every, keep_checkpoints=0)
+
     def train_command(self, out_dir, settings):
         return [sys.executable, str(SCRIPT), "train", "--data-dir", str(self.args.data_dir), "--classes",
                 ",".join(self.cfg.classes), "--device", self.profile.device, "--out-dir", str(out_dir),
@@ -297,8 +302,7 @@ def run_training(command, out_dir):
 
 
 def train_main(plan):
-    settings = plan.train_settings(save_every=plan.save_every, keep_checkpoints=0)
-    code = run_training(plan.train_command(plan.main_run, settings), plan.main_run)
+    code = run_training(plan.train_command(plan.main_run, plan.main_settings), plan.main_run)
     if code or not (plan.main_run / "samples" / "final.png").is_file():
         raise StageError(f"training stopped before its last step (exit {code}); rerun this command to continue")
 
@@ -507,16 +511,16 @@ def parse_args(argv=None):
 def make_submission(args):
     plan = make_plan(args)
     stages = Stages(plan.runs / "stages.json")
-    main_settings = plan.train_settings(save_every=plan.save_every, keep_checkpoints=0)
-    lr_settings = [settings for _, _, settings in plan.lr_runs]
     data = {"classes": plan.cfg.classes, "photos": plan.photos_per_class, "data_dir": str(args.data_dir)}
-    for name, settings in (("train", main_settings), ("lr", lr_settings)):
-        if stages.started_otherwise(name, {**data, "flags": settings}):
+    main_record = {**data, "flags": plan.main_settings}
+    lr_record = {**data, "flags": [settings for _, _, settings in plan.lr_runs]}
+    for name, record in (("train", main_record), ("lr", lr_record)):
+        if stages.started_otherwise(name, record):
             raise StageError(f"{plan.runs} holds runs made with other classes, photos or settings; use another "
                              f"--out-dir, or delete {plan.runs} to start again")
     print_plan(plan, estimate(plan), [name for name, record in stages.done.items() if "result" in record])
-    stages.run("train", {**data, "flags": main_settings}, lambda: train_main(plan))
-    diverged = stages.run("lr", {**data, "flags": lr_settings}, lambda: train_lr_runs(plan))
+    stages.run("train", main_record, lambda: train_main(plan))
+    diverged = stages.run("lr", lr_record, lambda: train_lr_runs(plan))
     checkpoints = stages.run("evaluate", {"after": stages.done["train"]["settings"],
                                           "samples": plan.profile.eval_samples}, lambda: evaluate_main(plan))
     chosen = stages.run("choose", {"checkpoints": checkpoints, "targets": TARGETS}, lambda: choose(plan, checkpoints),
