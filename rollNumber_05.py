@@ -112,12 +112,9 @@ class Config:
 
 ARCHITECTURE_KEYS = ("image_size", "timesteps", "patch_size", "base_channels", "channel_mults", "num_res_blocks",
                      "attention_resolutions", "head_channels", "conditional", "num_classes", "augment")
-# what a checkpoint made before these options existed was trained without
-BEFORE_OPTIONS = {"augment": 0.0, "head_channels": 0, "min_snr_gamma": 0.0, "low_res_share": 0.0}
-
 def config_from_dict(stored):
-    known = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{**BEFORE_OPTIONS, **{k: v for k, v in stored.items() if k in known}})
+    known = {f.name for f in dataclasses.fields(Config)}  # keys of removed options are passed over
+    return Config(**{k: v for k, v in stored.items() if k in known})
 
 def check_image_size(cfg):
     if not cfg.channel_mults:
@@ -643,7 +640,7 @@ def load_checkpoint(path):
     except Exception as err:  # whatever the unpickler raises: damaged, truncated, or holding code
         raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}): damaged, truncated, not a "
                         f"PyTorch file, or holding Python objects that could run code (refused)") from None
-    if not isinstance(payload, dict) or "config" not in payload or not ({"ema", "model"} & payload.keys()):
+    if not isinstance(payload, dict) or not {"config", "ema"} <= payload.keys():
         raise UserError(f"{path} is not a checkpoint of this script (no config and weights inside)")
     return payload
 
@@ -676,7 +673,7 @@ def load_model(path=DEFAULT_CHECKPOINT, device="cpu"):
     flags."""
     payload = load_checkpoint(path)
     cfg = config_from_dict(payload["config"])
-    model = build_model(cfg, payload["ema"] if "ema" in payload else payload["model"])
+    model = build_model(cfg, payload["ema"])  # the averaged weights sample best
     device = torch.device(device)
     return model.to(device).eval(), NoiseSchedule(cfg.timesteps, device), cfg
 
@@ -914,9 +911,9 @@ def restore_training_state(payload, trainer):
         trainer.ema.model.load_state_dict(payload["ema"])
     trainer.optimizer.load_state_dict(payload["optimizer"])
     trainer.lr_schedule.load_state_dict(payload["lr_schedule"])
-    if payload.get("scaler"):
+    if payload["scaler"]:  # empty when saved without fp16, and an empty state cannot be loaded
         trainer.scaler.load_state_dict(payload["scaler"])
-    trainer.step, trainer.bad_steps = payload["step"], payload.get("bad_steps", 0)
+    trainer.step, trainer.bad_steps = payload["step"], payload["bad_steps"]
     if trainer.world_size > 1:  # the checkpoint holds one process's random state: each process draws afresh
         torch.manual_seed(trainer.cfg.seed + trainer.rank + trainer.step)
         return
@@ -1046,15 +1043,11 @@ def ddpm_step(schedule, x_t, t, x0, generator):
     z = torch.randn(x_t.shape, generator=generator, device=x_t.device)
     return mean + schedule.gather(schedule.posterior_variance, t).sqrt() * z
 
-def ddim_step(schedule, x_t, t, t_prev, eps, x0, eta, generator):
-    """DDIM (Song et al. 2021, eq. 12): deterministic for eta = 0, DDPM-like for eta = 1. t_prev = -1 is x_0."""
-    alpha_bar = schedule.gather(schedule.alphas_cumprod, t)
-    alpha_bar_prev = schedule.gather(schedule.alphas_cumprod, t_prev) if t_prev >= 0 else torch.ones_like(alpha_bar)
-    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
-    x_prev = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-    if eta > 0 and t_prev >= 0:
-        x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device)
-    return x_prev
+def ddim_step(schedule, t_prev, eps, x0):
+    """Deterministic DDIM (Song et al. 2021, eq. 12 with sigma = 0): x_0 and the noise estimate put back together
+    at the earlier step t_prev, so steps can be skipped; t_prev = -1 is x_0 itself."""
+    alpha_bar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+    return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
 
 def sampling_timesteps(timesteps, sampler, steps):
     """The t visited, from T-1 down: all of them for DDPM, `steps` evenly spaced ones for DDIM."""
@@ -1063,11 +1056,11 @@ def sampling_timesteps(timesteps, sampler, steps):
     return torch.linspace(timesteps - 1, 0, steps).round().long().unique_consecutive().tolist()
 
 @torch.inference_mode()
-def generate_from_noise(model, schedule, noise, sampler="ddpm", steps=50, eta=0.0, labels=None, guidance=1.0,
+def generate_from_noise(model, schedule, noise, sampler="ddpm", steps=50, labels=None, guidance=1.0,
                         seed=0, return_trajectory=False, trajectory_points=10, progress=False):
     """Denoises `noise` (x_T, shape [n, 3, H, W]) into images in [-1, 1].
 
-    sampler 'ddpm' runs all T ancestral steps; 'ddim' runs `steps` DDIM steps with `eta`. `labels` (class
+    sampler 'ddpm' runs all T ancestral steps; 'ddim' runs `steps` deterministic DDIM steps. `labels` (class
     indices) and `guidance` apply to class-conditional models. `seed` fixes the noise drawn on the way.
     With return_trajectory, also returns [(t, x_t)] at about `trajectory_points` steps, from noise to image."""
     device = next(model.parameters()).device
@@ -1089,7 +1082,7 @@ def generate_from_noise(model, schedule, noise, sampler="ddpm", steps=50, eta=0.
         if sampler == "ddpm":
             x = ddpm_step(schedule, x, t_now, x0, generator)
         else:
-            x = ddim_step(schedule, x, t_now, ts[i + 1] if i + 1 < len(ts) else -1, eps, x0, eta, generator)
+            x = ddim_step(schedule, ts[i + 1] if i + 1 < len(ts) else -1, eps, x0)
         if bar:
             bar.update(i + 1)
     x = x.clamp(-1, 1).cpu()
@@ -1101,14 +1094,14 @@ def seeded_noise(num_samples, image_size, seed):
 
 def guidance_for(cfg, guidance=None):
     """The guidance scale to sample with: as asked, else DEFAULT_GUIDANCE for conditional models, else 1 (none)."""
-    return guidance if guidance is not None else (DEFAULT_GUIDANCE if cfg.conditional else 1.0)
-
-def check_guidance(guidance, cfg):
     if guidance is not None and not cfg.conditional:
         raise UserError("--guidance needs a class-conditional model (trained with --conditional)")
+    return guidance if guidance is not None else (DEFAULT_GUIDANCE if cfg.conditional else 1.0)
 
 def class_labels(cfg, num_samples, class_name=None):
     """One label per sample: the named class, or the classes in turn (a column each in the grid)."""
+    if class_name and not cfg.conditional:
+        raise UserError("--class-name needs a class-conditional model (trained with --conditional)")
     if not cfg.conditional:
         return None
     if class_name is None:
@@ -1145,7 +1138,7 @@ def check_writable(folder, flag):
         raise UserError(f"{flag}: cannot write to {folder} ({err.strerror or err}); choose another place") from None
 
 def write_samples(model, schedule, cfg, out=None, out_dir=None, num_samples=None, class_name=None, sampler="ddim",
-                  steps=50, eta=0.0, guidance=None, seed=0, batch_size=64, progress=False):
+                  steps=50, guidance=None, seed=0, batch_size=64, progress=False):
     """Samples chunk by chunk into a PNG grid `out` (a column per class for conditional models) and, with
     `out_dir`, one PNG per sample named by class and index. Only the grid's bytes outlive a chunk."""
     num_samples = num_samples or (2 * cfg.num_classes if cfg.conditional else 16)
@@ -1155,7 +1148,7 @@ def write_samples(model, schedule, cfg, out=None, out_dir=None, num_samples=None
         Path(folder).mkdir(parents=True, exist_ok=True)
     grid = []
     chunks = sample_in_chunks(model, schedule, cfg, labels, num_samples, batch_size, seed, sampler=sampler, steps=steps,
-                              eta=eta, guidance=guidance_for(cfg, guidance), progress=progress)
+                              guidance=guidance_for(cfg, guidance), progress=progress)
     for start, images in chunks:
         images = to_uint8(images)
         if out:
@@ -1335,10 +1328,9 @@ def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, samp
     """A checkpoint's loss on a fixed t grid, and how new its samples are (the classes in turn, nearest-neighbour
     test against the training photos): the numbers, also written to out_json."""
     model, schedule, cfg = load_model(checkpoint, pick_device(device))
-    check_guidance(guidance, cfg)
+    guidance, asked = guidance_for(cfg, guidance), class_labels(cfg, num_samples)
     images, labels = training_images(data_dir, cfg)
     loss, loss_per_t = denoising_loss_grid(model, schedule, images, labels, loss_points, seed)
-    guidance, asked = guidance_for(cfg, guidance), class_labels(cfg, num_samples)
     samples = torch.cat([chunk for _, chunk in sample_in_chunks(model, schedule, cfg, asked, num_samples, seed=seed,
                                                                 sampler=sampler, steps=steps, guidance=guidance)])
     distances, indices = nearest_training_images(samples, images)
@@ -1431,18 +1423,15 @@ def build_parser():
     add_sampling_options(p)
     p.add_argument("--num-samples", type=positive_int,
                    help="default: 4 per class for class-conditional models (a column each), else 16")
-    p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM noise (0: deterministic) (default: 0)")
     p.add_argument("--class-name", help="only this class (conditional models)")
-    p.add_argument("--trajectory", help="also write the first sample's denoising steps to this PNG")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (default: %(default)s)")
     p.add_argument("--out-dir", help="also write each sample as CLASS_INDEX.png into this folder")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA graphs on a GPU)")
     p.set_defaults(run=cmd_sample)
 
     p = commands.add_parser("forward", help="figure of one photo noised by the forward process")
-    p.add_argument("--data-dir", help="take the first photo of --class-name (or of the first class) here")
+    p.add_argument("--data-dir", required=True, help="noises the first photo of --class-name (else of the first class)")
     p.add_argument("--class-name")
-    p.add_argument("--image", help="or noise this image file")
     p.add_argument("--image-size", type=positive_int, default=64, help="default: %(default)s")
     p.add_argument("--timesteps", type=positive_int, default=1000, help="default: %(default)s")
     p.add_argument("--seed", type=int, default=0)
@@ -1474,39 +1463,20 @@ def cmd_train(args):
 def cmd_sample(args):
     device = pick_device(args.device)
     model, schedule, cfg = load_model(args.checkpoint, device)
-    check_guidance(args.guidance, cfg)
-    if args.class_name and not cfg.conditional:
-        raise UserError("--class-name needs a class-conditional model (trained with --conditional)")
-    for path, flag in [(args.out, "--out"), (args.trajectory, "--trajectory")]:
-        if path and Path(path).suffix.lower() != ".png":
-            raise UserError(f"{flag} {path}: the file name must end in .png")
-        if path:
-            check_writable(Path(path).parent, flag)
+    if Path(args.out).suffix.lower() != ".png":
+        raise UserError(f"--out {args.out}: the file name must end in .png")
+    check_writable(Path(args.out).parent, "--out")
     if args.out_dir:
         check_writable(args.out_dir, "--out-dir")
     sampler = compile_model(model, device) if args.compile else model
     num_samples = args.num_samples or (4 * cfg.num_classes if cfg.conditional and not args.class_name else 16)
     write_samples(sampler, schedule, cfg, args.out, args.out_dir, num_samples, args.class_name, args.sampler,
-                  args.steps, args.eta, args.guidance, args.seed, args.batch_size, progress=True)
+                  args.steps, args.guidance, args.seed, args.batch_size, progress=True)
     print(f"wrote {', '.join(filter(None, [args.out, args.out_dir]))}", file=sys.stderr)
-    if args.trajectory:
-        _, trajectory = generate_from_noise(sampler, schedule, seeded_noise(1, cfg.image_size, args.seed),
-                                            args.sampler, args.steps, args.eta, class_labels(cfg, 1, args.class_name),
-                                            guidance_for(cfg, args.guidance), seed=args.seed, return_trajectory=True)
-        plot_trajectory(trajectory, args.trajectory)
 
 def cmd_forward(args):
-    if args.image:
-        try:
-            x0 = to_model_range(load_image(args.image, args.image_size))
-        except (OSError, UnidentifiedImageError) as err:
-            raise UserError(f"cannot read image {args.image}: {err}") from None
-    elif args.data_dir:
-        data = AnimalPhotos(args.data_dir, [args.class_name] if args.class_name else None, 1, 1, args.image_size, False)
-        x0 = data[0][0]
-    else:
-        raise UserError("forward needs --data-dir or --image")
-    snapshots = plot_forward_process(NoiseSchedule(args.timesteps), x0, args.out, args.seed)
+    data = AnimalPhotos(args.data_dir, [args.class_name] if args.class_name else None, 1, 1, args.image_size, False)
+    snapshots = plot_forward_process(NoiseSchedule(args.timesteps), data[0][0], args.out, args.seed)
     x_T = snapshots[args.timesteps]
     print(f"wrote {args.out}; x_T has mean {x_T.mean():.3f} and std {x_T.std():.3f}", file=sys.stderr)
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import rollNumber_05 as ddpm
-from conftest import perturb_weights, save_model_file, tiny_config_values
+from conftest import perturb_weights, tiny_config_values
 
 
 def undo(image, params):
@@ -77,12 +77,3 @@ def test_a_model_without_augmentation_has_no_augmentation_layer():
     assert ddpm.UNet(ddpm.Config(**tiny_config_values(augment=0.0))).augment_emb is None
 
 
-def test_a_checkpoint_from_before_the_flag_loads_as_trained_without_it(tmp_path):
-    """Its stored config has no `augment`: it means 0, not today's default, or its weights would not fit."""
-    cfg = ddpm.Config(**tiny_config_values(augment=0.0, classes=["Crow", "Fox", "Owl"]))
-    save_model_file(tmp_path / "old.pt", cfg)
-    payload = torch.load(tmp_path / "old.pt")
-    del payload["config"]["augment"]
-    torch.save(payload, tmp_path / "old.pt")
-    model, _, loaded = ddpm.load_model(tmp_path / "old.pt")
-    assert loaded.augment == 0.0 and model.augment_emb is None and ddpm.Config().augment > 0

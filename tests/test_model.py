@@ -43,12 +43,12 @@ def test_head_channels_add_a_full_resolution_layer_after_the_depth_to_space(tiny
         assert torch.equal(ddpm.UNet(with_head)(x, torch.tensor([3, 40])), torch.zeros_like(x))  # zero-initialised
 
 
-def test_a_checkpoint_from_before_the_head_loads_without_one(tiny_config):
-    stored = ddpm.dataclasses.asdict(tiny_config(head_channels=0))
-    del stored["head_channels"], stored["min_snr_gamma"], stored["low_res_share"]
+def test_a_stored_config_with_keys_of_removed_options_still_loads(tiny_config):
+    """The shipped model's config still holds `loss` and `schedule`, options that have since gone."""
+    stored = {**ddpm.dataclasses.asdict(tiny_config(head_channels=6)), "loss": "mse", "schedule": "linear"}
     cfg = ddpm.config_from_dict(stored)
-    assert (cfg.head_channels, cfg.min_snr_gamma, cfg.low_res_share) == (0, 0.0, 0.0)
-    ddpm.build_model(cfg, ddpm.UNet(tiny_config(head_channels=0)).state_dict())  # the weights fit
+    assert cfg == tiny_config(head_channels=6)
+    ddpm.build_model(cfg, ddpm.UNet(tiny_config(head_channels=6)).state_dict())  # the weights fit
 
 
 def test_output_depends_on_t(tiny_config):
