@@ -112,6 +112,7 @@ class Config:
 
 ARCHITECTURE_KEYS = ("image_size", "timesteps", "patch_size", "base_channels", "channel_mults", "num_res_blocks",
                      "attention_resolutions", "head_channels", "conditional", "num_classes", "augment")
+
 def config_from_dict(stored):
     known = {f.name for f in dataclasses.fields(Config)}  # keys of removed options are passed over
     return Config(**{k: v for k, v in stored.items() if k in known})
