@@ -190,3 +190,29 @@ def test_an_output_that_cannot_be_written_fails_in_one_line_before_sampling(flag
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and flag in err, err
     assert sizes == []  # refused before any sampling
+
+
+# --- the DDPM step is Ho et al.'s algorithm 2 ------------------------------------------------------------------
+
+STEPS_TO_CHECK = [0, 1, 10, 250, 500, 999]
+
+
+@pytest.mark.parametrize("t_now", STEPS_TO_CHECK)
+def test_posterior_mean_of_the_unclipped_x0_is_algorithm_2s_mean(t_now):
+    schedule, generator = ddpm.NoiseSchedule(1000), torch.Generator().manual_seed(t_now)
+    x_t, eps = torch.randn(2, 3, 8, 8, generator=generator), torch.randn(2, 3, 8, 8, generator=generator)
+    t = torch.full((2,), t_now)
+    mean = schedule.q_posterior_mean(schedule.predict_x0(x_t, t, eps), x_t, t)
+    beta, alpha, alpha_bar = schedule.betas[t_now], schedule.alphas[t_now], schedule.alphas_cumprod[t_now]
+    algorithm_2 = (x_t - beta / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
+    assert torch.allclose(mean, algorithm_2, atol=2e-5, rtol=0)  # float32 rounding; a wrong term is off by 2e-4 or more
+
+
+@pytest.mark.parametrize("t_now", STEPS_TO_CHECK)
+def test_recomputed_noise_is_the_networks_when_nothing_is_clipped(t_now):
+    schedule, generator = ddpm.NoiseSchedule(1000), torch.Generator().manual_seed(t_now)
+    x0 = torch.rand(2, 3, 8, 8, generator=generator) * 1.8 - 0.9  # inside [-1, 1]: the clip changes nothing
+    eps_network, t = torch.randn(2, 3, 8, 8, generator=generator), torch.full((2,), t_now)
+    eps, x0_estimate = schedule.eps_and_x0(eps_network, schedule.q_sample(x0, t, eps_network), t)
+    assert torch.allclose(x0_estimate, x0, atol=1e-4)  # at t = 999 sqrt(alpha_bar) is 0.006: rounding grows
+    assert torch.allclose(eps, eps_network, atol=2e-5)
