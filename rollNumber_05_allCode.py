@@ -52,7 +52,7 @@ class UserError(Exception):
     """A mistake the user can fix; the CLI prints it as one line, without a traceback."""
 
 def checked(convert, accept, wanted):
-    """An argparse type: `convert` the text, then refuse values `accept` rejects, saying what is wanted."""
+    """An argparse type: `convert`, refuse what `accept` rejects; a typo (--lr nan) fails now, not minutes in."""
     def parse(text):
         try:
             value = convert(text)
@@ -98,7 +98,7 @@ class Config:
     head_channels: int = 16  # a full-resolution layer against the patch folding's grid (UNet.__init__)
     dropout: float = 0.0
     conditional: bool = True  # every class can be asked for, and guidance sharpens it
-    cond_drop: float = 0.1
+    cond_drop: float = 0.1  # a tenth of the steps train the unconditional model guidance needs (Ho & Salimans)
     # loss
     min_snr_gamma: float = 5.0  # Min-SNR-5 weighting (min_snr_weight)
     # training: 64 px in under an hour on a 2-core CPU (results/cpu_64px): 60% of the 8,354 steps at half size
@@ -109,7 +109,7 @@ class Config:
     weight_decay: float = 0.0
     warmup_steps: int = 200
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # a cap: the warm-up min(0.999, (1 + s) / (10 + s)) ends the default run at 0.9989 (EMA)
     seed: int = 0
     precision: str = "auto"
     compile: bool = False
@@ -127,6 +127,7 @@ def config_from_dict(stored):
     return Config(**{k: v for k, v in stored.items() if k in known})
 
 def check_image_size(cfg):
+    """Protects a run from a shape error deep in the U-Net: a size its halvings cannot divide is refused at once."""
     if not cfg.channel_mults:
         raise UserError("--channel-mults needs at least one level, e.g. 1,2,2,4")
     halving_first = 2 if cfg.low_res_share else 1  # progressive resolution trains at half size first
@@ -142,17 +143,17 @@ def check_image_size(cfg):
 # ---------------------------------------------------------------------------------------------
 
 def list_class_folders(root):
+    """The class folders; protects the class list from hidden folders and the __MACOSX folder Mac zips carry."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist (expected {root}/<Class>/*.jpg)")
-    # hidden folders and the __MACOSX folder that Mac zips carry are not classes
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
     if not folders:
         raise UserError(f"data folder {root} has no class subfolders (expected {root}/<Class>/*.jpg)")
     return folders
 
 def select_classes(root, class_names=None, num_classes=5):
-    """Picks class folders by name (any case), or the first `num_classes` alphabetically."""
+    """Class folders by name (any case) or the first `num_classes`; a misspelt name is an error, never other classes."""
     folders = {p.name: p for p in list_class_folders(root)}
     if class_names:
         lower = {name.lower(): name for name in folders}
@@ -166,7 +167,7 @@ def select_classes(root, class_names=None, num_classes=5):
     return list(folders.values())[:num_classes]
 
 def image_files(folder):
-    """Candidate image files under a class folder (nested folders too), skipping hidden ones."""
+    """Image files under a class folder (nested too); hidden ones (.DS_Store, thumbnails) are not the class's photos."""
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -175,15 +176,13 @@ def image_files(folder):
     return files
 
 def to_rgb(img):
-    """Any PIL mode to RGB: EXIF orientation applied, 16-bit scaled to 8-bit, alpha composited on white."""
+    """Any mode to RGB, so no photo trains sideways, white or on black: EXIF turn, 16-bit to 8-bit, alpha on white."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = img.point(lambda v: v * (1 / 256)).convert("L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+    if img.mode in ("P", "PA", "RGBA", "LA"):  # a palette may hold transparency too
+        rgba, background = img.convert("RGBA"), Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
 
@@ -194,7 +193,7 @@ def load_image(path, size):
     return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
 
 def to_model_range(images_uint8):
-    """Pixels [0, 255] -> [-1, 1], the range the forward process and the sampler's clipping assume."""
+    """Pixels [0, 255] -> [-1, 1]: zero-mean, on the scale of the unit noise mixed in; the sampler clips to it."""
     return images_uint8.float() / 127.5 - 1
 
 class AnimalPhotos(torch.utils.data.Dataset):
@@ -233,6 +232,7 @@ class AnimalPhotos(torch.utils.data.Dataset):
         print(f"warning: {counts}, {asked} asked; using {found}", file=sys.stderr)
 
     def _read_class(self, folder, count, size):
+        """The first `count` readable images; a damaged file is skipped and listed, so it cannot stop a run."""
         taken = []
         for path in image_files(folder):
             if len(taken) == count:
@@ -257,9 +257,9 @@ AUGMENT_DIMS = 5  # vertical flip, quarter turn (cos - 1, sin), shift (x, y)
 
 def augment_image(x, p):
     """Non-leaking augmentation (Karras et al. 2022, appendix): each transform happens with probability p and
-    its parameters go to the network as conditioning, zero when nothing was done. A turned or shifted animal is
-    not a photo to imitate, so sampling asks for zero parameters and the model draws none of them; training
-    still learns from every pixel of the altered copies. Returns (image, parameters)."""
+    the network is told its parameters (zeros: nothing done). Sampling asks for zeros, so turned or shifted
+    animals, not photos to imitate, never leak into the samples, while training learns from every pixel of the
+    altered copies. Returns (image, parameters)."""
     params = torch.zeros(AUGMENT_DIMS)
     if p == 0:
         return x, params
@@ -357,8 +357,9 @@ class NoiseSchedule:
         return self.gather(self.posterior_mean_coef1, t) * x0 + self.gather(self.posterior_mean_coef2, t) * x_t
 
     def eps_and_x0(self, eps, x_t, t):
-        """Noise and clean-image estimates for sampling, with x_0 clipped to the data range [-1, 1] (and the
-        noise estimate made consistent with the clipped x_0)."""
+        """Noise and clean-image estimates for sampling, x_0 clipped to the data range [-1, 1]. The noise is then
+        recomputed from the clipped x_0 so that the two still rebuild x_t; only DDIM uses it (its update is built
+        from x_0 and the noise), DDPM's posterior mean needs x_0 alone. Unclipped, it is the network's noise."""
         x0 = self.predict_x0(x_t, t, eps).clamp(-1, 1)
         return self.predict_eps(x_t, t, x0), x0
 
@@ -408,9 +409,9 @@ class ResBlock(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention over all pixels of a feature map: relates distant parts (head and tail)."""
 
-    def __init__(self, channels, head_channels=32):
+    def __init__(self, channels, channels_per_head=32):
         super().__init__()
-        self.heads = max(1, channels // head_channels)
+        self.heads = max(1, channels // channels_per_head)
         self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)  # 1x1 conv = a linear map per pixel to queries, keys, values
         self.out = zero_init(nn.Conv2d(channels, channels, 1))  # zero: starts as the identity
@@ -485,7 +486,9 @@ class UNet(nn.Module):
             Block(in_ch, in_ch, emb_dim, cfg.dropout, attention=True),
             Block(in_ch, in_ch, emb_dim, cfg.dropout, attention=False)])
         for level, mult in reversed(list(enumerate(cfg.channel_mults))):
-            for _ in range(cfg.num_res_blocks + 1):  # skips from the down path restore the detail lost by downsampling
+            # skips from the down path restore the detail lost by downsampling: num_res_blocks + 1 per level, its
+            # blocks' outputs and the map that entered the level (the stem's or a Downsample's), all of this size
+            for _ in range(cfg.num_res_blocks + 1):
                 self.up.append(Block(in_ch + skips.pop(), ch * mult, emb_dim, cfg.dropout, res in cfg.attention_resolutions))
                 in_ch = ch * mult
             if level != 0:
@@ -531,7 +534,9 @@ def count_parameters(model):
 # ---------------------------------------------------------------------------------------------
 
 def diffusion_loss(prediction, target):
-    """Mean squared error per image (shape [batch]): the DDPM simple loss, eq. 14, written out by hand."""
+    """Squared error per image, over its pixels ([batch]): the DDPM simple loss (eq. 14), whose Min-SNR-weighted mean
+    is the training loss. Squared because it is the bound's KL terms without their weights: a KL of two Gaussians of
+    fixed variance is a scaled squared distance of their means, in epsilon the squared epsilon error."""
     err = prediction.float() - target.float()
     return (err * err).flatten(1).mean(dim=1)
 
@@ -539,7 +544,7 @@ def training_loss(model, schedule, x0, labels, cfg, augment=None):
     """Ho et al. algorithm 1: random t, noise x_0 through q(x_t | x_0), score the network's guess of the noise.
     Why the noise and not x_0 or v: its target is N(0, I) at every t, so one network and one loss scale serve
     all noise levels, and Ho et al. found it gave better samples than predicting the mean.
-    Returns the per-image losses and the timesteps drawn (for the per-timestep log)."""
+    Returns the per-image Min-SNR-weighted losses (their mean is the training loss) and the timesteps drawn."""
     t = torch.randint(0, schedule.timesteps, (len(x0),), device=x0.device)
     noise = torch.randn_like(x0)
     x_t = schedule.q_sample(x0, t, noise)
@@ -564,7 +569,7 @@ def min_snr_weight(schedule, t, gamma):
 # ---------------------------------------------------------------------------------------------
 
 def pick_device(name):
-    """'auto': a CUDA GPU, else an Apple GPU (MPS), else the CPU."""
+    """'auto': CUDA, else an Apple GPU (MPS), else the CPU; a missing GPU asked for is an error, not a slow CPU run."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if name == "auto":
         name = next(kind for kind, present in available.items() if present)
@@ -575,13 +580,13 @@ def pick_device(name):
 GPU_BATCH_SIZE = 256  # a GPU step takes about as long at 32 images as at 256: launch-bound (results/bench_cuda.json)
 
 def device_defaults(device_type):
-    """Config values whose best default depends on the device, for flags not given: a batch that fills a GPU."""
+    """Defaults that depend on the device, for flags not given: the GPU batch of the GPU speeds in BENCHMARKS.md."""
     return {"batch_size": GPU_BATCH_SIZE} if device_type == "cuda" else {}
 
 def autocast_dtype(precision, device):
     """The reduced precision to compute in, or None for fp32. 'auto': bf16 where the GPU has bf16 tensor cores
     (Ampere and newer), fp16 on older GPUs (T4, P100, V100: emulated bf16 is slower than fp32), fp32 on CPUs and
-    Apple GPUs."""
+    Apple GPUs, where the shipped model was trained: its reported numbers are fp32 ones."""
     if precision == "fp32" or device.type == "mps" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
@@ -591,13 +596,14 @@ def autocast_dtype(precision, device):
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 def autocast(device, dtype):
-    """Matrix products and convolutions in `dtype` (None: everything in fp32)."""
+    """Matrix products and convolutions in `dtype` (None: everything in fp32): one switch for training and sampling."""
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 def compile_model(model, device, cuda_graphs=True):
     """--compile: torch.compile fuses the elementwise work around the convolutions; on CUDA its 'reduce-overhead'
     mode also replays each call as a CUDA graph, since at the batches 100 photos allow a GPU waits on kernel
-    launches more than on arithmetic. Not under torchrun, whose gradient averaging runs inside backward."""
+    launches more than on arithmetic (the GPU speed of BENCHMARKS.md). Not under torchrun, whose gradient averaging
+    runs inside backward."""
     return torch.compile(model, mode="reduce-overhead" if cuda_graphs and device.type == "cuda" else "default")
 
 def lr_factor(step, warmup_steps, total_steps):
@@ -608,8 +614,9 @@ def lr_factor(step, warmup_steps, total_steps):
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 class EMA:
-    """Exponential moving average of the weights: the averaged model samples far better than the raw one.
-    Its decay warms up as min(decay, (1 + step) / (10 + step)) so that short runs are not dominated by the init."""
+    """Exponential moving average of the weights: the averaged model samples far better than the raw one. The decay
+    at step s is min(decay, (1 + s) / (10 + s)), forgetting the random init; it reaches 0.999 only at s = 8,990, so the
+    default run's last step (s = 8,353) uses 8,354 / 8,363 = 0.9989, and the cap 0.999 is never reached."""
 
     def __init__(self, model, decay):
         self.decay = decay
@@ -655,7 +662,7 @@ def load_checkpoint(path):
     return payload
 
 def latest_checkpoint(out_dir):
-    """Newest loadable training checkpoint in out_dir; damaged ones are reported and passed over."""
+    """Newest loadable checkpoint in out_dir; damaged ones are reported and skipped: a bad file cannot cost the run."""
     candidates = sorted(checkpoint_dir(out_dir).glob("step_*.pt"), reverse=True)
     if not candidates:
         raise UserError(f"--resume: no checkpoint in {checkpoint_dir(out_dir)}")
@@ -689,7 +696,7 @@ def load_model(path=DEFAULT_CHECKPOINT, device="cpu"):
 
 def resumed_config(stored, given, explicit):
     """The stored run's config, with the flags given on this command line applied. Architecture flags must
-    match what the checkpoint was trained with."""
+    match what the checkpoint was trained with, so a resume never trains a model other than the one saved."""
     cfg = config_from_dict(stored)
     clashes = [f"--{k.replace('_', '-')} {getattr(given, k)} (checkpoint has {getattr(cfg, k)})"
                for k in explicit if k in ARCHITECTURE_KEYS and getattr(given, k) != getattr(cfg, k)]
@@ -736,8 +743,9 @@ LOG_FIELDS = ["step", "images_seen", "passes", "loss", "loss_t1", "loss_t2", "lo
               "grad_norm", "images_per_s", "elapsed_s", "bad_steps"]
 
 class TrainLog:
-    """log.csv: one row per --log-every steps. Losses are averaged over the window, also per quarter of the
-    timestep range (t1 = the least noisy quarter), which shows where the model is still weak."""
+    """log.csv: one row per --log-every steps. The losses are the training loss, the Min-SNR-weighted one (not
+    diffusion_loss's plain error), averaged over the window, also per quarter of the timestep range (t1 = the least
+    noisy quarter, whose weight min(SNR_t, gamma) / SNR_t makes it read far below its plain error)."""
 
     def __init__(self, path, resume_step, timesteps):
         self.path, self.timesteps = Path(path), timesteps
@@ -848,7 +856,8 @@ def train_step(trainer, x0, labels, step, augment=None):
 
 def setup_distributed(device_name):
     """Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL with one GPU per process on CUDA, gloo
-    elsewhere. Returns (rank, world size, device); a plain run is rank 0 of 1."""
+    elsewhere. Returns (rank, world size, device); a plain run, the shipped one, is rank 0 of 1. For the Readme's
+    torchrun command (tests/test_distributed.py): several GPUs train the GPU recipe in less time."""
     device = pick_device(device_name)
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size == 1:
@@ -860,7 +869,7 @@ def setup_distributed(device_name):
     return torch.distributed.get_rank(), world_size, device
 
 def any_rank(flag, trainer):
-    """True on every process when `flag` is true on any: all processes must stop at the same step."""
+    """True on every process when `flag` is on any: all stop at one step, or the rest wait forever in all-reduce."""
     if trainer.world_size == 1:
         return flag
     value = torch.tensor([float(flag)], device=trainer.schedule.betas.device)
@@ -908,6 +917,7 @@ def start_run(cfg, out_dir, device, rank, world_size, resume, explicit):
     return trainer
 
 def checkpoint_payload(trainer):
+    """All a resume needs to continue as if never stopped: weights, EMA, optimiser, LR, loss scale, random state."""
     return {"config": dataclasses.asdict(trainer.cfg), "class_names": list(trainer.cfg.classes), "step": trainer.step,
             "model": trainer.model.state_dict(), "ema": trainer.ema.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(), "lr_schedule": trainer.lr_schedule.state_dict(),
@@ -916,6 +926,7 @@ def checkpoint_payload(trainer):
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
 def restore_training_state(payload, trainer):
+    """Protects an interrupted run: resumed, it ends with an uninterrupted run's weights (tests/test_training.py)."""
     trainer.model.load_state_dict(payload["model"])
     if trainer.ema:
         trainer.ema.model.load_state_dict(payload["ema"])
@@ -963,7 +974,9 @@ def training_loop(trainer, stop):
     for step, (x0, labels, augment) in zip(steps, batches):
         x0, labels, augment = (v.to(device, non_blocking=True) for v in (x0, labels, augment))
         # progressive resolution: the first low_res_share of the steps see the photos at half size, 3 times faster
-        # per image on a CPU, to learn shapes and colours; the convolutions then carry on at full size
+        # per image on a CPU, to learn shapes and colours; the convolutions then carry on at full size. Meanwhile the
+        # attention built for 8 x 8 maps runs at 4 x 4, and a t hides a pooled image's layout more: the noise per
+        # pixel is the same, but at full size 4 noisy pixels stand for each pooled one (a quarter of its noise variance)
         if step < cfg.low_res_share * trainer.total_steps:
             x0 = F.avg_pool2d(x0, 2)
         stats = train_step(trainer, x0, labels if cfg.conditional else None, step, augment if cfg.augment else None)
@@ -992,13 +1005,18 @@ def write_run_info(trainer):
             "passes": trainer.passes(), "train_seconds": round(time.time() - trainer.started, 1)}
     (trainer.out_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
+def save_model(config, class_names, step, ema_weights, path):
+    """model.pt: the EMA weights in float16 (half the size) with the config and class names, so `sample` and the
+    notebook need no training flags."""
+    save_atomically({"config": config, "class_names": list(class_names), "step": step,
+                     "ema": {name: value.half() for name, value in ema_weights.items()}}, path)
+
 def finish_run(trainer):
     """What a run leaves when it ends, stopped or finished: model.pt (the EMA weights in float16, half the size,
     with config and class names: samplable now, resumable from its checkpoint later), run_info.json and
     loss_curve.png; a finished run also its final sample grid."""
-    weights = {name: value.half() for name, value in trainer.ema.model.state_dict().items()}
-    save_atomically({"config": dataclasses.asdict(trainer.cfg), "class_names": list(trainer.cfg.classes),
-                     "step": trainer.step, "ema": weights}, trainer.out_dir / "model.pt")
+    save_model(dataclasses.asdict(trainer.cfg), trainer.cfg.classes, trainer.step, trainer.ema.model.state_dict(),
+               trainer.out_dir / "model.pt")
     write_run_info(trainer)
     plot_loss_curve(read_log(trainer.out_dir / "log.csv"), trainer.out_dir / "loss_curve.png")
     if trainer.step < trainer.total_steps:
@@ -1032,11 +1050,15 @@ def train(cfg, out_dir, device="auto", resume=False, explicit=()):
 # 6. Sampling: noise in, image out
 # ---------------------------------------------------------------------------------------------
 
-DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale: clear classes without the washed-out look of higher ones
+# Guidance scale. results/cpu_64px: at 3, 82% of samples nearest a photo of their class (66% at 2), 10% copies;
+# 4 and 5 add 5-7 points but copy more (16%, 13%), and at 5 samples grow grainy and over-saturated
+DEFAULT_GUIDANCE = 3.0
 
 def guided_output(model, x_t, t, labels, guidance):
     """Classifier-free guidance (Ho & Salimans 2022): push the class-conditional noise estimate away from the
-    unconditional one by `guidance` (1 = plain conditional). Both run as one batch."""
+    unconditional one by `guidance` (1 = plain conditional). Both run as one batch. With w = guidance it follows
+    the score of p(x | c) p(c | x)^(w-1): more like the class, for less variety and less fidelity to the data
+    distribution; high w over-saturates."""
     if labels is None or guidance == 1:
         return model(x_t, t, labels)
     both = model(torch.cat([x_t, x_t]), torch.cat([t, t]),
@@ -1047,15 +1069,22 @@ def guided_output(model, x_t, t, labels, guidance):
 def ddpm_step(schedule, x_t, t, x0, generator):
     """Ancestral step (algorithm 2) from integer step t: x_{t-1} ~ N(posterior mean, beta tilde_t); no noise
     at the last step."""
+    # Algorithm 2's mean 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps) is eq. 7's coef1 x_0 + coef2 x_t at
+    # the unclipped x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): substitute, then sqrt(abar_{t-1} / abar_t)
+    # = 1 / sqrt(alpha_t) and beta_t + alpha_t (1 - abar_{t-1}) = 1 - abar_t (tests/test_sampling.py checks it).
+    # Written with x_0, the same mean lets x_0 be clipped to [-1, 1] first.
     mean = schedule.q_posterior_mean(x0, x_t, t)
     if t == 0:
         return mean
     z = torch.randn(x_t.shape, generator=generator, device=x_t.device)
+    # beta tilde_t, the posterior's variance, exact were x_0 known; Ho et al. found beta_t gives similar samples
     return mean + schedule.gather(schedule.posterior_variance, t).sqrt() * z
 
 def ddim_step(schedule, t_prev, eps, x0):
     """Deterministic DDIM (Song et al. 2021, eq. 12 with sigma = 0): x_0 and the noise estimate put back together
-    at the earlier step t_prev, so steps can be skipped; t_prev = -1 is x_0 itself."""
+    at the earlier step t_prev, so steps can be skipped; t_prev = -1 is x_0 itself. A sigma_t > 0 would add fresh
+    noise sigma_t z each step (the noise term then weighs sqrt(1 - abar_prev - sigma_t^2)); sigma_t^2 = beta tilde_t
+    over all T steps is the DDPM sampler again. Here sigma = 0: the same x_T always gives the same image."""
     alpha_bar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
     return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
 
@@ -1201,13 +1230,23 @@ def forward_chain(schedule, x0, snapshot_steps, seed=0):
             snapshots[i + 1] = x
     return snapshots
 
+def forward_spread(schedule, x0, snapshots):
+    """{t: (measured std of x_t, predicted std)} for the snapshots of forward_chain. The closed form
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps predicts a pixel spread of
+    sqrt(alpha_bar_t var(x_0) + 1 - alpha_bar_t): the image's own spread fades as the noise's grows."""
+    var_x0 = float(x0.float().var())
+    return {t: (float(x.std()), math.sqrt(float(schedule.alphas_cumprod[t - 1]) * var_x0
+                                          + 1 - float(schedule.alphas_cumprod[t - 1])) if t else math.sqrt(var_x0))
+            for t, x in snapshots.items()}
+
 def plot_forward_process(schedule, x0, path, seed=0):
     """The assignment's Figure 1 (x_t at t = 0, 50, 100, 200, ..., T from the step-by-step chain) with the
-    statistics that show x_T is standard normal."""
+    statistics that show x_T is standard normal. Returns the snapshots and forward_spread of them."""
     plt = pyplot()
     T = schedule.timesteps
     steps = sorted({0, 50, *range(100, T + 1, 100), T} & set(range(T + 1)))
     snapshots = forward_chain(schedule, x0[None], set(steps), seed)
+    spread = forward_spread(schedule, x0, snapshots)
     fig = plt.figure(figsize=(1.4 * len(steps), 5.2))
     grid = fig.add_gridspec(2, len(steps), height_ratios=[1, 1.6], hspace=0.45)
     for col, t in enumerate(steps):
@@ -1215,10 +1254,13 @@ def plot_forward_process(schedule, x0, path, seed=0):
         ax.imshow(to_display(snapshots[t][0]))
         ax.axis("off")
     ax = fig.add_subplot(grid[1, : len(steps) // 2], xlabel="t", title="how much of x_0 survives")
-    ax.plot(range(1, T + 1), schedule.sqrt_alphas_cumprod.cpu(), label="signal: sqrt(alpha_bar_t)")
-    ax.plot(range(1, T + 1), schedule.sqrt_one_minus_alphas_cumprod.cpu(), label="noise: sqrt(1 - alpha_bar_t)")
-    ax.plot(steps, [float(snapshots[t].std()) for t in steps], "o", label="std of x_t (measured)")
-    ax.legend(fontsize=8)
+    alpha_bar = schedule.alphas_cumprod.cpu()
+    ax.plot(range(1, T + 1), alpha_bar.sqrt(), label="signal weight: sqrt(alpha_bar_t)")
+    ax.plot(range(1, T + 1), (1 - alpha_bar).sqrt(), label="noise weight: sqrt(1 - alpha_bar_t)")
+    ax.plot(range(1, T + 1), (alpha_bar * float(x0.float().var()) + 1 - alpha_bar).sqrt(), "--",
+            label="predicted std of x_t: sqrt(alpha_bar_t var(x_0) + 1 - alpha_bar_t)")
+    ax.plot(steps, [spread[t][0] for t in steps], "o", label="std of x_t (measured)")
+    ax.legend(fontsize=7)
     x_T = snapshots[schedule.timesteps].flatten()
     ax = fig.add_subplot(grid[1, len(steps) // 2:], title=f"x_T: mean {x_T.mean():.3f}, std {x_T.std():.3f}, "
                                                            f"alpha_bar_T = {schedule.alphas_cumprod[-1]:.1e}")
@@ -1227,7 +1269,7 @@ def plot_forward_process(schedule, x0, path, seed=0):
     ax.plot(normal_x, torch.exp(-normal_x ** 2 / 2) / math.sqrt(2 * math.pi), label="N(0, 1)")
     ax.legend(fontsize=8)
     save_figure(fig, path)
-    return snapshots
+    return snapshots, spread
 
 def smooth(values, weight=0.9):
     """Exponential moving average for plots; a missing value (NaN) keeps the previous average."""
@@ -1245,14 +1287,14 @@ def plot_loss_curve(rows, path):
     fig, (ax_loss, ax_lr, ax_t) = pyplot().subplots(1, 3, figsize=(15, 4))
     ax_loss.plot(steps, [r["loss"] for r in rows], alpha=0.3, label="raw")
     ax_loss.plot(steps, smooth([r["loss"] for r in rows]), label="smoothed")
-    ax_loss.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    ax_loss.set(xlabel="step", ylabel="loss", yscale="log", title="training loss (Min-SNR-weighted)")
     ax_loss.legend()
     ax_lr.plot(steps, [r["lr"] for r in rows])
     ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
     quarters = ["t in 1-250 (least noise)", "t in 251-500", "t in 501-750", "t in 751-1000 (most noise)"]
     for q, name in enumerate(quarters):
         ax_t.plot(steps, smooth([r[f"loss_t{q + 1}"] for r in rows]), label=name)
-    ax_t.set(xlabel="step", ylabel="loss (smoothed)", yscale="log", title="loss per timestep range")
+    ax_t.set(xlabel="step", ylabel="weighted loss (smoothed)", yscale="log", title="weighted loss per timestep range")
     ax_t.legend(fontsize=8)
     save_figure(fig, path)
 
@@ -1268,7 +1310,8 @@ def plot_trajectory(trajectory, path, title=""):
 
 @torch.inference_mode()
 def denoising_loss_grid(model, schedule, images, labels, points=10, seed=0, batch_size=64):
-    """The training loss (MSE on the noise) at `points` fixed, evenly spaced t with fixed noise: comparable across checkpoints."""
+    """The plain noise error of diffusion_loss (not Min-SNR-weighted) at `points` evenly spaced t with fixed noise:
+    comparable across checkpoints, unlike the training loss, which draws t and the noise at random."""
     device = next(model.parameters()).device
     ts = torch.linspace(0, schedule.timesteps - 1, points).round().long().tolist()
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
@@ -1392,7 +1435,8 @@ def add_train_parser(commands):
     flag("--weight-decay", type=non_negative_float, help=f"AdamW weight decay ({d.weight_decay})")
     flag("--warmup-steps", type=non_negative_int, help=f"linear learning-rate warm-up steps ({d.warmup_steps})")
     flag("--grad-clip", type=positive_float, help=f"gradient-norm clip ({d.grad_clip})")
-    flag("--ema-decay", type=probability, help=f"EMA decay of the sampling weights ({d.ema_decay})")
+    flag("--ema-decay", type=probability, help=f"cap on the EMA decay, which warms up as (1 + step) / (10 + step) "
+                                             f"({d.ema_decay}; the default run ends at 0.9989)")
     flag("--seed", type=int, help=f"random seed ({d.seed})")
     flag("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 on GPUs with bf16 tensor cores, "
                                                                         "fp16 on older ones, else fp32")
@@ -1486,7 +1530,7 @@ def cmd_sample(args):
 
 def cmd_forward(args):
     data = AnimalPhotos(args.data_dir, [args.class_name] if args.class_name else None, 1, 1, args.image_size, False)
-    snapshots = plot_forward_process(NoiseSchedule(args.timesteps), data[0][0], args.out, args.seed)
+    snapshots, _ = plot_forward_process(NoiseSchedule(args.timesteps), data[0][0], args.out, args.seed)
     x_T = snapshots[args.timesteps]
     print(f"wrote {args.out}; x_T has mean {x_T.mean():.3f} and std {x_T.std():.3f}", file=sys.stderr)
 
@@ -1502,7 +1546,7 @@ def main(argv=None):
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C while sampling or evaluating: one line, not a traceback
         print("interrupted", file=sys.stderr)
         return 130
     return 0
@@ -1520,8 +1564,8 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from rollNumber_05 import (DEFAULT_CHECKPOINT, DEFAULT_GUIDANCE, count_parameters, generate_from_noise, load_model,
-                           seeded_noise, to_display)
+from rollNumber_05 import (DEFAULT_CHECKPOINT, class_labels, count_parameters, generate_from_noise, guidance_for,
+                           load_model, seeded_noise, to_display)
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 print("device:", device)
@@ -1533,35 +1577,36 @@ print("classes:", ", ".join(cfg.classes))
 
 # ---- notebook cell 5 ----
 SEED = 3
-CLASS_NAME = cfg.classes[0]  # or any other name printed above
-GUIDANCE = DEFAULT_GUIDANCE  # as `sample` uses: classifier-free guidance; 1.0: the paper's sampler, half the time
+STEPS = 50                    # DDIM steps, as the report's sample grid
+GUIDANCE = guidance_for(cfg)  # classifier-free guidance, as the grid and `sample` use; 1.0 turns it off
 
-noise = seeded_noise(1, cfg.image_size, SEED)
-plt.figure(figsize=(2.5, 2.5))
-plt.imshow(to_display(noise[0].clamp(-1, 1)))
-plt.title("x_T: pure noise")
-plt.axis("off")
-plt.show()
+noise = seeded_noise(len(cfg.classes), cfg.image_size, SEED)
+labels = class_labels(cfg, len(cfg.classes))  # noise k is denoised as class k
+print(f"x_T: shape {tuple(noise.shape)}, mean {noise.mean():.3f}, std {noise.std():.3f}")
 
 # ---- notebook cell 7 ----
-labels = [cfg.classes.index(CLASS_NAME)] if cfg.conditional else None
 start = time.time()
-image, trajectory = generate_from_noise(model, schedule, noise, sampler="ddpm", labels=labels,
-                                        guidance=GUIDANCE if cfg.conditional else 1.0, seed=SEED,
-                                        return_trajectory=True)
-print(f"{schedule.timesteps} DDPM steps in {time.time() - start:.1f} s on {device}")
+images, trajectory = generate_from_noise(model, schedule, noise, "ddim", STEPS, labels=labels, guidance=GUIDANCE,
+                                         seed=SEED, return_trajectory=True)
+print(f"{STEPS} DDIM steps at guidance {GUIDANCE:g} for {len(images)} images in {time.time() - start:.1f} s "
+      f"on {device}")
 
 # ---- notebook cell 9 ----
-plt.figure(figsize=(4, 4))
-plt.imshow(to_display(image[0]))
-plt.title(f"generated {CLASS_NAME if cfg.conditional else 'sample'} (seed {SEED})")
-plt.axis("off")
+fig, axes = plt.subplots(1, len(cfg.classes), figsize=(2.2 * len(cfg.classes), 2.6), squeeze=False)
+for ax, image, name in zip(axes[0], images, cfg.classes):
+    ax.imshow(to_display(image))
+    ax.set_title(name)
+    ax.axis("off")
 plt.show()
 
 # ---- notebook cell 11 ----
-fig, axes = plt.subplots(1, len(trajectory), figsize=(1.5 * len(trajectory), 2))
-for ax, (t, x) in zip(axes, trajectory):
-    ax.imshow(to_display(x[0]))
-    ax.set_title(f"t = {t}", fontsize=9)
-    ax.axis("off")
+fig, axes = plt.subplots(len(cfg.classes), len(trajectory), squeeze=False,
+                         figsize=(1.2 * len(trajectory), 1.3 * len(cfg.classes)))
+for col, (t, x) in enumerate(trajectory):
+    axes[0, col].set_title(f"t = {t}", fontsize=9)
+    for row in range(len(cfg.classes)):
+        axes[row, col].imshow(to_display(x[row]))
+        axes[row, col].set(xticks=[], yticks=[])
+for row, name in enumerate(cfg.classes):
+    axes[row, 0].set_ylabel(name, fontsize=9)
 plt.show()

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 sys.path.insert(0, str(ROOT / "tools"))
 
-from make_report import pick  # noqa: E402
+from make_benchmarks import pick  # noqa: E402
 
 
 def load_bench():

@@ -4,7 +4,7 @@ import sys
 import nbformat
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, ddpm
 
 NOTEBOOK = ROOT / "test_single_sample.ipynb"
 sys.path.insert(0, str(ROOT / "tools"))
@@ -37,12 +37,14 @@ def outputs_of(notebook, kind):
             if out.output_type == kind or kind in out.get("data", {})]
 
 
-def test_notebook_runs_ddpm_from_noise_to_an_image(executed):
+def test_notebook_runs_ddim_from_noise_to_one_image_per_class(executed):
+    """The sampler, steps and guidance of the report's sample grid."""
     printed = "".join(out.get("text", "") for out in outputs_of(executed, "stream"))
     assert "classes: Dolphin, Giraffe, Panda, Tiger, Zebra" in printed
-    assert "1000 DDPM steps in" in printed
+    assert "x_T: shape (5, 3, 64, 64)" in printed
+    assert f"50 DDIM steps at guidance {ddpm.DEFAULT_GUIDANCE:g} for 5 images in" in printed
     assert not outputs_of(executed, "error")
 
 
-def test_notebook_shows_noise_result_and_steps(executed):
-    assert len(outputs_of(executed, "image/png")) == 3  # x_T, the result, the strip of steps
+def test_notebook_shows_the_results_and_each_class_steps(executed):
+    assert len(outputs_of(executed, "image/png")) == 2  # one image per class, then their steps from noise

@@ -2,18 +2,17 @@
 examiner's Readme, and each refusal.
 
 Every test packages a copy of the repository in tmp_path (main/, beside a shared/data/animals/ of its own), so the
-tests neither depend on nor touch the real results, report or dataset: Report.pdf is a small PDF written here, and
-tools/make_report.py a stand-in that copies it and records its arguments. One test runs the real report builder.
+tests neither depend on nor touch the real results, report or dataset: the report builder is stubbed by one that
+copies a small PDF written here and records its arguments. One test runs the real report builder.
 The copy is its own submission folder: its results/metrics.json names the copied model's classes and sha256, and
 its notes.md counts as written (which sections are blank is make_report.blank_notes's business, tested with the
 report; here it is stubbed, but for one test).
-The module's package (for Zoë, i21-0001) runs its notebook for real, all T DDPM steps on one thread (about a minute
+The module's package (for Zoë, i21-0001) runs its notebook for real, every class's DDIM steps on one thread (about a minute
 on the shared 2-core CPU); the other packagings skip that run.
 """
-import hashlib
+import dataclasses
 import importlib.util
 import json
-import os
 import re
 import shutil
 import sys
@@ -35,6 +34,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import build_allcode  # noqa: E402
 from conftest import cli_env  # noqa: E402
 import package_submission as packager  # noqa: E402
+import rollNumber_05 as ddpm  # noqa: E402
+from make_results import sha256  # noqa: E402
 
 FIRST, ROLL = "Zoë", "i21-0001"
 FOLDER, ZIP = f"{FIRST}_{ROLL}_05", f"{FIRST}_{ROLL}_04.zip"
@@ -72,24 +73,16 @@ def tiny_pdf(*pages):
             f"{len(objects) + 1} >>\nstartxref\n{len(out)}\n%%EOF\n").encode("latin-1")
 
 
-def fake_report_builder(flags=("--name", "--roll-number", "--out", "--submission-dir", "--data-dir")):
-    """Stands in for tools/make_report.py: copies the submission's Report.pdf to --out and records its arguments."""
-    return ("import argparse, json, os, shutil, sys\n"
-            "parser = argparse.ArgumentParser()\n"
-            + "".join(f'parser.add_argument("{flag}")\n' for flag in flags)
-            + "args = parser.parse_args()\n"
-              "shutil.copy(os.path.join(getattr(args, 'submission_dir', None) or '.', 'Report.pdf'), args.out)\n"
-              "with open('report_calls.jsonl', 'a') as f:\n"
-              "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n")
+def stub_report(monkeypatch):
+    """Stands in for make_report.build: copies the submission's Report.pdf to the given path; returns the calls,
+    (submission folder, out, first name, roll number, data folder) each."""
+    calls = []
 
-
-def report_calls(repo):
-    calls = repo / "report_calls.jsonl"
-    return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    def build(submission_dir, out, name, roll_number, data_dir=None):
+        calls.append((submission_dir, out, name, roll_number, data_dir))
+        shutil.copy(Path(submission_dir) / "Report.pdf", out)
+    monkeypatch.setattr(packager.make_report, "build", build)
+    return calls
 
 
 def write_metrics(folder, classes=None, model_sha256=None):
@@ -97,16 +90,12 @@ def write_metrics(folder, classes=None, model_sha256=None):
     model = folder / packager.MODEL
     if classes is None:
         classes = torch.load(model, map_location="cpu", weights_only=True)["class_names"]
-    run = {"model_sha256": model_sha256 or sha256(model), "profile": "test", "seed": 0}
+    run = {"model_sha256": model_sha256 or sha256(model), "profile": "test", "seed": 123456}
+    config = dataclasses.asdict(ddpm.Config(classes=list(classes), seed=123456, save_every=836, keep_checkpoints=0,
+                                            lr=3e-3, data_dir="/home/zoe/animals"))
     (folder / "results").mkdir(exist_ok=True)
-    (folder / packager.METRICS).write_text(json.dumps({"classes": classes, "run": run, "fid": 1.0}) + "\n")
-
-
-def record_results_hash(repo):
-    """What the report builder records: the hash of the results the report was built from."""
-    (repo / packager.BUILT_FROM).parent.mkdir(exist_ok=True)
-    digest = hashlib.sha256((repo / packager.METRICS).read_bytes()).hexdigest()
-    (repo / packager.BUILT_FROM).write_text(json.dumps({"results_sha256": digest}))
+    (folder / packager.METRICS).write_text(json.dumps({"classes": classes, "run": run, "config": config,
+                                                       "chosen": {"step": 8354}, "fid": 1.0}) + "\n")
 
 
 def rebuild_allcode(repo):
@@ -119,10 +108,8 @@ def copy_repo(dest):
     for name in COPIED:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
-    (dest / "tools" / "make_report.py").write_text(fake_report_builder())
     (dest / "Report.pdf").write_bytes(tiny_pdf(["Results"], ["The forward process"]))
     write_metrics(dest)
-    record_results_hash(dest)
     (dest / packager.NOTES).write_text("## The data\n\nFive classes, 100 photos each.\n")
     rebuild_allcode(dest)
     (dest.parent / "shared" / "data" / "animals").mkdir(parents=True)
@@ -173,13 +160,14 @@ def built(tmp_path_factory):
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the kernel inherits them: one thread on a busy CPU
             monkeypatch.setenv(name, cli_env()[name])
         stub_blank_notes(monkeypatch)
+        calls = stub_report(monkeypatch)
         rc = package(repo)
     assert rc == 0, err.getvalue()
     with zipfile.ZipFile(base / "dist" / ZIP) as zf:
         names = zf.namelist()
         zf.extractall(base / "unzipped")
     return SimpleNamespace(repo=repo, folder=base / "unzipped" / FOLDER, names=names, out=out.getvalue(),
-                           err=err.getvalue())
+                           err=err.getvalue(), report_calls=calls)
 
 
 @pytest.fixture
@@ -188,6 +176,11 @@ def repo(tmp_path, monkeypatch):
     monkeypatch.setattr(packager, "run_notebook", lambda folder: 0.0)
     stub_blank_notes(monkeypatch)
     return copy_repo(tmp_path / "main")
+
+
+@pytest.fixture
+def report_calls(monkeypatch):
+    return stub_report(monkeypatch)
 
 
 def refusal(repo, capsys, *options, **names):
@@ -265,6 +258,17 @@ def test_readme_is_written_for_the_examiner(built):
         assert outside not in text
 
 
+def test_readme_names_the_run_its_seed_and_the_command_that_made_the_model(built):
+    text = (built.folder / "Readme.txt").read_text()
+    classes = json.loads((built.repo / packager.METRICS).read_text())["classes"]
+    assert f"Classes, in label order: {', '.join(classes)}. Training seed: 123456." in text
+    assert "weights at step 8,354 of this run" in text and "step_00008354.pt" in text
+    [command] = [line for line in text.splitlines() if line.startswith(f"python {SCRIPT} train --data-dir DATA")]
+    assert command == (f"python {SCRIPT} train --data-dir DATA --classes {','.join(classes)} --lr 0.003 "
+                       f"--seed 123456 --save-every 836 --keep-checkpoints 0")
+    assert f"python {SCRIPT} forward --data-dir DATA" in text and f"python {SCRIPT} evaluate --data-dir DATA" in text
+
+
 def test_readme_gives_the_main_training_options(built):
     text = (built.folder / "Readme.txt").read_text()
     assert all(f"--{option} " in text for option in ("classes", "image-size", "epochs", "batch-size", "lr",
@@ -288,10 +292,9 @@ def test_readme_options_all_exist_in_the_script(built, monkeypatch):
 
 
 def test_report_builder_is_asked_for_the_names_the_submission_and_the_dataset(built):
-    [call] = report_calls(built.repo)
-    assert call[:4] == ["--name", FIRST, "--roll-number", ROLL] and call[4] == "--out"
-    assert call[6:] == ["--submission-dir", str(built.repo),
-                        "--data-dir", str(built.repo.parent / "shared" / "data" / "animals")]
+    [(submission, out, name, roll, data)] = built.report_calls
+    assert (submission, out.name, name, roll) == (built.repo, "Report.pdf", FIRST, ROLL)
+    assert data == built.repo.parent / "shared" / "data" / "animals"
 
 
 def test_checklist_ticks_every_convention(built):
@@ -307,13 +310,13 @@ def test_one_line_points_out_the_04_and_05_of_the_assignment_text(built):
 
 # Options and fallbacks -------------------------------------------------------------------------------------------
 
-def test_zip_number_05_names_the_zip_like_its_folder(repo, capsys):
+def test_zip_number_05_names_the_zip_like_its_folder(repo, capsys, report_calls):
     assert package(repo, "--zip-number", "05") == 0
     with zipfile.ZipFile(repo.parent / "dist" / f"{FOLDER}.zip") as zf:
         assert {name.split("/")[0] for name in zf.namelist()} == {FOLDER}
 
 
-def test_identifier_roll_number_gets_a_plain_import(repo, capsys):
+def test_identifier_roll_number_gets_a_plain_import(repo, capsys, report_calls):
     assert package(repo, first="Ada", roll="Ab12") == 0
     with zipfile.ZipFile(repo.parent / "dist" / "Ada_Ab12_04.zip") as zf:
         notebook = zf.read("Ada_Ab12_05/test_single_sample.ipynb").decode()
@@ -321,15 +324,17 @@ def test_identifier_roll_number_gets_a_plain_import(repo, capsys):
 
 
 @pytest.mark.parametrize("dataset", ["missing", "empty"])
-def test_without_dataset_photos_the_checklist_says_not_checked(repo, capsys, dataset):
+def test_without_dataset_photos_the_checklist_says_not_checked(repo, capsys, report_calls, dataset):
     if dataset == "missing":
         shutil.rmtree(repo.parent / "shared")
     assert package(repo) == 0
+    dataset_dir = repo.parent / "shared" / "data" / "animals"
+    assert report_calls[0][4] == (None if dataset == "missing" else dataset_dir)  # the report shows photos only
     [line] = [line for line in checklist_items(capsys.readouterr().out) if "dataset photos" in line]
     assert line.startswith(packager.NOT_CHECKED) and "not checked" in line
 
 
-def test_a_given_data_dir_is_the_one_checked_for_copied_photos(repo, capsys, tmp_path):
+def test_a_given_data_dir_is_the_one_checked_for_copied_photos(repo, capsys, report_calls, tmp_path):
     photo = tmp_path / "elsewhere" / "Cat" / "cat.jpg"
     photo.parent.mkdir(parents=True)
     photo.write_bytes(b"\xff\xd8\xff\xe0 another photo")
@@ -350,47 +355,30 @@ def test_submission_dir_supplies_the_model_results_report_and_notes(repo, capsys
     """The code comes from --root, the student's run from --submission-dir; nothing of the run is read at the
     root."""
     submission = tmp_path / "mine"
-    (submission / "report").mkdir(parents=True)
-    for name in (packager.MODELS, "results", packager.BUILT_FROM, "Report.pdf", packager.NOTES):
+    submission.mkdir()
+    for name in (packager.MODELS, "results", "Report.pdf", packager.NOTES):
         shutil.move(repo / name, submission / name)
-    asked = stub_blank_notes(monkeypatch)
+    asked, calls = stub_blank_notes(monkeypatch), stub_report(monkeypatch)
     assert package(repo, "--submission-dir", str(submission)) == 0, capsys.readouterr().err
     with zipfile.ZipFile(repo.parent / "dist" / ZIP) as zf:
         assert zf.read(f"{FOLDER}/{packager.MODEL}") == (submission / packager.MODEL).read_bytes()
-    [call] = report_calls(repo)
-    assert call[6:8] == ["--submission-dir", str(submission)] and asked == [submission / packager.NOTES]
+    assert calls[0][0] == submission and asked == [submission / packager.NOTES]
 
 
-def test_report_builder_without_data_dir_is_not_given_one(repo, capsys):
-    (repo / "tools" / "make_report.py").write_text(
-        fake_report_builder(("--name", "--roll-number", "--out", "--submission-dir")))
-    add_photo(repo)
-    assert package(repo) == 0
-    [call] = report_calls(repo)
-    assert "--data-dir" not in call
+def test_a_report_that_cannot_be_built_is_one_line(repo, capsys, monkeypatch):
+    def fails(*args):
+        raise packager.make_report.ReportError("report.md line 9: 'dict object' has no attribute 'x'")
+    monkeypatch.setattr(packager.make_report, "build", fails)
+    lines, zipped = refusal(repo, capsys)
+    assert lines == [f"{packager.REPORT} cannot be built: report.md line 9: 'dict object' has no attribute 'x'"]
+    assert not zipped
 
 
-@pytest.mark.parametrize("builder", ["missing", "without --submission-dir"])
-def test_report_is_copied_unchanged_with_a_loud_warning_without_the_builder(repo, capsys, builder):
-    if builder == "missing":
-        (repo / "tools" / "make_report.py").unlink()
-    else:
-        (repo / "tools" / "make_report.py").write_text(fake_report_builder(("--name", "--roll-number", "--out")))
-    assert package(repo) == 0
-    err = capsys.readouterr().err
-    assert "WARNING" in err and "UNCHANGED" in err
-
-
-@pytest.mark.skipif(not packager.report_builder_takes(ROOT, *packager.REPORT_FLAGS),
-                    reason="tools/make_report.py lacks --name/--roll-number/--out: the packager copies Report.pdf")
 @pytest.mark.skipif(not (ROOT / packager.METRICS).exists(), reason="results/metrics.json is not built yet")
 def test_real_report_builder_puts_the_names_on_the_title_page(tmp_path):
     """The contract with tools/make_report.py, whose report's content is tests/test_report.py's business."""
-    for name in ("results", "report", "tools"):
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "private"))
-    shutil.copy2(ROOT / "rollNumber_05.py", tmp_path)
-    packager.build_report(tmp_path, tmp_path, packager.Submission(FIRST, ROLL), tmp_path / "out.pdf", None)
-    title_page = pypdf.PdfReader(tmp_path / "out.pdf").pages[0].extract_text()
+    packager.stage_report(ROOT, tmp_path, packager.Submission(FIRST, ROLL), None)
+    title_page = pypdf.PdfReader(tmp_path / packager.REPORT).pages[0].extract_text()
     assert FIRST in title_page and ROLL in title_page
 
 
@@ -412,7 +400,7 @@ def test_refuses_a_name_that_breaks_a_file_name_with_a_suggestion(repo, capsys, 
     assert len(lines) == 1 and lines[0].startswith(f"invalid {bad}") and lines[0].endswith(hint) and not zipped
 
 
-def test_a_decomposed_first_name_is_written_composed(repo, capsys):
+def test_a_decomposed_first_name_is_written_composed(repo, capsys, report_calls):
     assert package(repo, first="Zoe\u0308") == 0  # e + combining diaeresis, as some keyboards type it
     assert (repo.parent / "dist" / ZIP).is_file()
 
@@ -441,7 +429,7 @@ def add_markdown_cell(repo, text):
 @pytest.mark.parametrize("where, expected", [
     ("script", [f"{SCRIPT} line", f"{ALLCODE} line"]), ("notebook", [f"{NOTEBOOK} line"]),
     ("readme", ["Readme.txt line"]), ("report", ["Report.pdf page 2 line 2"])])
-def test_refuses_another_implementation_named_in_a_packed_file(repo, capsys, where, expected):
+def test_refuses_another_implementation_named_in_a_packed_file(repo, capsys, report_calls, where, expected):
     if where == "script":
         with open(repo / "rollNumber_05.py", "a") as f:
             f.write("# as in diffusers' UNet2DModel\n")
@@ -458,7 +446,8 @@ def test_refuses_another_implementation_named_in_a_packed_file(repo, capsys, whe
     assert all(any(place in line for line in lines) for place in expected) and not zipped
 
 
-def test_a_report_naming_another_implementation_is_refused_before_the_notebook_runs(repo, capsys, monkeypatch):
+def test_a_report_naming_another_implementation_is_refused_before_the_notebook_runs(repo, capsys, monkeypatch,
+                                                                                    report_calls):
     runs = []
     monkeypatch.setattr(packager, "run_notebook", runs.append)
     (repo / "Report.pdf").write_bytes(tiny_pdf(["Compared with diffusers"]))
@@ -469,6 +458,7 @@ def test_a_report_naming_another_implementation_is_refused_before_the_notebook_r
 def test_refuses_a_notebook_that_fails_in_the_package(repo, capsys, monkeypatch):
     monkeypatch.undo()  # the real notebook run, on a notebook that fails at once
     stub_blank_notes(monkeypatch)
+    stub_report(monkeypatch)
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "from rollNumber_05 import DEFAULT_CHECKPOINT\nraise ValueError('no animal today')")])
     nbformat.write(notebook, repo / NOTEBOOK)
@@ -477,7 +467,7 @@ def test_refuses_a_notebook_that_fails_in_the_package(repo, capsys, monkeypatch)
     assert lines == [f"{NOTEBOOK} fails when run in the package: ValueError: no animal today"] and not zipped
 
 
-def test_refuses_a_file_the_notebook_leaves_in_the_package(repo, capsys, monkeypatch):
+def test_refuses_a_file_the_notebook_leaves_in_the_package(repo, capsys, monkeypatch, report_calls):
     monkeypatch.setattr(packager, "run_notebook", lambda folder: (folder / "__pycache__").mkdir())
     lines, zipped = refusal(repo, capsys)
     assert lines == ["not part of the submission, in the package: __pycache__"] and not zipped
@@ -496,33 +486,18 @@ def test_refuses_a_third_python_file_at_the_root(repo, capsys):
     assert len(lines) == 1 and "3 Python files" in lines[0] and "scratch.py" in lines[0] and not zipped
 
 
-def test_refuses_a_jpeg_in_saved_models(repo, capsys):
+def test_refuses_a_jpeg_in_saved_models(repo, capsys, report_calls):
     (repo / "saved_models" / "preview.JPG").write_bytes(b"\xff\xd8\xff\xe0 not a real photo")
     lines, zipped = refusal(repo, capsys)
     assert lines == ["dataset image in the package: saved_models/preview.JPG (no .jpg/.jpeg may be shipped)"]
     assert not zipped
 
 
-def test_refuses_a_renamed_copy_of_a_dataset_photo(repo, capsys):
+def test_refuses_a_renamed_copy_of_a_dataset_photo(repo, capsys, report_calls):
     shutil.copy(add_photo(repo), repo / "saved_models" / "cat.png")
     lines, zipped = refusal(repo, capsys)
     assert lines == ["dataset image in the package: saved_models/cat.png (a copy of a photo in the dataset)"]
     assert not zipped
-
-
-def test_refuses_a_report_built_from_other_results(repo, capsys):
-    metrics = json.loads((repo / packager.METRICS).read_text())
-    (repo / packager.METRICS).write_text(json.dumps({**metrics, "fid": 2.0}))
-    lines, zipped = refusal(repo, capsys)
-    assert lines == [f"Report.pdf was built from other results than {packager.METRICS} ({packager.BUILT_FROM} "
-                     f"records another sha256): {packager.REDO}"] and not zipped
-
-
-def test_without_built_from_json_an_older_report_is_refused(repo, capsys):
-    (repo / packager.BUILT_FROM).unlink()
-    os.utime(repo / "Report.pdf", (1_000_000, 1_000_000))
-    lines, _ = refusal(repo, capsys)
-    assert len(lines) == 1 and "is older than results/" in lines[0]
 
 
 def test_lists_every_violation_one_per_line(repo, capsys):
@@ -547,25 +522,22 @@ def tiny_model(path, classes=CLASSES, step=1):
 
 @pytest.fixture
 def submission(tmp_path):
-    """A submission folder whose model, results/metrics.json and report come from one run."""
+    """A submission folder whose model and results/metrics.json come from one run."""
     tiny_model(tmp_path / packager.MODEL)
     write_metrics(tmp_path)
-    (tmp_path / "Report.pdf").write_bytes(tiny_pdf(["Results"]))
-    record_results_hash(tmp_path)
     return tmp_path
 
 
 def run_lines(folder):
-    return packager.run_violations(folder) + packager.report_freshness_violations(folder)
+    return packager.run_violations(folder)
 
 
-def test_a_model_with_its_own_metrics_and_report_is_consistent(submission):
+def test_a_model_with_its_own_metrics_is_consistent(submission):
     assert run_lines(submission) == []
 
 
 def test_refuses_a_model_whose_classes_differ_from_the_metrics(submission):
     write_metrics(submission, classes=OTHER_CLASSES)
-    record_results_hash(submission)
     assert run_lines(submission) == [
         f"{packager.MODEL} has classes Bear, Cat, Cow, Dog, Elephant but {packager.METRICS} has Dolphin, Giraffe, "
         f"Panda, Tiger, Zebra: {packager.REDO}"]
@@ -574,7 +546,6 @@ def test_refuses_a_model_whose_classes_differ_from_the_metrics(submission):
 def test_refuses_classes_in_another_order(submission):
     """A class's label is its index, so the same names in another order are another model."""
     write_metrics(submission, classes=CLASSES[::-1])
-    record_results_hash(submission)
     [line] = run_lines(submission)
     assert line.startswith(f"{packager.MODEL} has classes Bear, Cat") and f"but {packager.METRICS} has Elephant" in line
 
@@ -587,7 +558,6 @@ def test_refuses_a_model_the_metrics_were_not_measured_on(submission):
 
 def test_refuses_metrics_without_classes_or_run(submission):
     (submission / packager.METRICS).write_text('{"fid": 1.0}\n')  # the format before runs were recorded
-    record_results_hash(submission)
     [line] = run_lines(submission)
     assert line.startswith(f"{packager.METRICS} has no \"classes\" and \"run\"") and packager.MODEL in line
     assert line.endswith(packager.REDO)
@@ -596,23 +566,15 @@ def test_refuses_metrics_without_classes_or_run(submission):
 def test_refuses_a_model_file_that_is_not_a_checkpoint(submission):
     (submission / packager.MODEL).write_bytes(b"not a checkpoint")
     write_metrics(submission, classes=CLASSES)
-    record_results_hash(submission)
     [line] = run_lines(submission)
     assert line.startswith(f"{packager.MODEL} is not a checkpoint") and packager.METRICS in line
 
 
-def test_refuses_a_report_built_from_other_metrics(submission):
-    metrics = json.loads((submission / packager.METRICS).read_text())  # measured again after the report
-    (submission / packager.METRICS).write_text(json.dumps({**metrics, "fid": 2.0}))
-    [line] = run_lines(submission)
-    assert line.startswith(f"Report.pdf was built from other results than {packager.METRICS}")
-
-
 def test_each_disagreement_is_one_line_naming_both_files_and_the_fix(repo, capsys):
-    write_metrics(repo, classes=OTHER_CLASSES[::-1], model_sha256="0" * 64)  # after the report was built
+    write_metrics(repo, classes=OTHER_CLASSES[::-1], model_sha256="0" * 64)
     lines, zipped = refusal(repo, capsys)
-    pairs = [(packager.MODEL, packager.METRICS), (packager.MODEL, packager.METRICS), ("Report.pdf", packager.METRICS)]
-    assert len(lines) == 3 and not zipped
+    pairs = [(packager.MODEL, packager.METRICS), (packager.MODEL, packager.METRICS)]
+    assert len(lines) == 2 and not zipped
     assert all(a in line and b in line and line.endswith(packager.REDO) for line, (a, b) in zip(lines, pairs))
     assert packager.REDO == "rerun python tools/make_submission.py (it redoes only what changed)"
 
@@ -638,7 +600,7 @@ def test_refuses_a_missing_notes_file_naming_every_section(repo, capsys, monkeyp
 
 
 @pytest.mark.parametrize("notes", ["blank", "missing"])
-def test_allow_blank_notes_builds_with_a_loud_warning(repo, capsys, monkeypatch, notes):
+def test_allow_blank_notes_builds_with_a_loud_warning(repo, capsys, monkeypatch, report_calls, notes):
     stub_blank_notes(monkeypatch, "The data", "Samples")
     if notes == "missing":
         (repo / packager.NOTES).unlink()

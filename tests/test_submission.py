@@ -1,13 +1,13 @@
-"""tools/make_submission.py: the checkpoint chosen by the quality targets, stages that resume, and the smoke profile
-end to end for a class set of its own: the zip's report names those classes and no other, its model holds them,
-its notebook ran."""
+"""tools/make_submission.py: the learning rate picked from the learning-rate runs, the checkpoint chosen by the
+quality targets, stages that resume, and the smoke profile end to end for a class set of its own: the lr runs come
+first and the main model trains at the rate they pick, the zip's report names those classes and no other, its model
+holds them, its notebook ran."""
 import csv
 import dataclasses
 import json
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -50,17 +50,115 @@ def test_of_two_equally_near_checkpoints_the_later_is_chosen():
     assert sub.shortfall(result(1)) == 0 and sub.shortfall(result(1, share=0.45)) == pytest.approx(0.5)
 
 
-def test_a_learning_rate_run_stopped_by_non_finite_losses_is_summed_up_from_its_log(tmp_path):
-    """Such a run ends with the trainer's error, before run_info.json: its log says how far it came."""
-    with open(tmp_path / "log.csv", "w", newline="") as f:
+def write_log(folder, losses):
+    """A run's log.csv with one row per (step, loss), every loss column alike."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "log.csv", "w", newline="") as f:
         log = csv.DictWriter(f, ddpm.LOG_FIELDS)
         log.writeheader()
-        for step, loss in [(10, 0.4), (20, 0.2), (30, float("nan"))]:
+        for step, loss in losses:
             log.writerow(dict.fromkeys(ddpm.LOG_FIELDS, loss) | {"step": step, "elapsed_s": step / 10})
+
+
+def test_a_learning_rate_run_stopped_by_non_finite_losses_is_summed_up_from_its_log(tmp_path):
+    """Such a run ends with the trainer's error, before run_info.json: its log says how far it came."""
+    write_log(tmp_path, [(10, 0.4), (20, 0.2), (30, float("nan"))])
     summary = make_results.lr_run_summary(tmp_path)
     assert summary["steps"] == 30 and summary["train_seconds"] == 3.0
     assert summary["lowest_loss"] == 0.2 and summary["lowest_loss_step"] == 20
     assert summary["final_loss"] == pytest.approx(0.3)
+
+
+# evaluate's loss at its 10 values of t, for the repository's own model (results/metrics.json)
+LOSS_PER_T = {"1": 0.99189, "112": 0.07358, "223": 0.02992, "334": 0.01479, "445": 0.00754, "556": 0.00374,
+              "667": 0.00182, "778": 0.00098, "889": 0.00073, "1000": 0.00069}
+
+
+def test_the_loss_past_t1_leaves_out_the_term_no_model_can_lower():
+    """At t = 1 every model scores about 1.0: that term is 88% of evaluate's mean, which hides the rest."""
+    mean = sum(LOSS_PER_T.values()) / 10
+    assert mean == pytest.approx(0.11257, abs=1e-5) and LOSS_PER_T["1"] / 10 / mean == pytest.approx(0.881, abs=1e-3)
+    assert sub.loss_past_t1(LOSS_PER_T) == pytest.approx(0.014866, abs=1e-6)
+    assert sub.loss_past_t1({int(t): loss for t, loss in LOSS_PER_T.items()}) == sub.loss_past_t1(LOSS_PER_T)
+
+
+def test_a_run_with_finite_losses_collapsed_when_its_loss_past_t1_is_over_half_of_predicting_no_noise():
+    assert sub.failure(diverged=False, loss_past_t1=0.93) == "collapsed"
+    assert sub.failure(diverged=False, loss_past_t1=0.51) == "collapsed"
+    assert sub.failure(diverged=False, loss_past_t1=0.49) is None
+    assert sub.failure(diverged=False, loss_past_t1=0.0149) is None
+    assert sub.failure(diverged=True, loss_past_t1=None) == "diverged"
+
+
+def lr_run(lr, loss, share=0.6, failed=None):
+    """A learning-rate run with the numbers pick_lr reads."""
+    return {"lr": lr, "denoising_loss_past_t1": loss, "asked_class_share": share, "failed": failed}
+
+
+def test_the_default_rate_is_kept_when_no_other_is_ten_percent_better():
+    runs = [lr_run(3e-3, 0.0232), lr_run(1e-3, 0.0250), lr_run(2e-4, 0.0410)]  # 3e-3: 7% lower
+    assert sub.pick_lr(runs, default_lr=1e-3) == 1e-3
+
+
+def test_a_clearly_better_rate_replaces_the_default_when_its_class_share_is_no_lower():
+    runs = [lr_run(3e-3, 0.0220, share=0.60), lr_run(1e-3, 0.0250, share=0.60), lr_run(2e-4, 0.0410)]  # 12% lower
+    assert sub.pick_lr(runs, default_lr=1e-3) == 3e-3
+    runs[0]["asked_class_share"] = 0.58
+    assert sub.pick_lr(runs, default_lr=1e-3) == 1e-3
+
+
+def test_of_several_clearly_better_rates_the_lowest_loss_is_picked():
+    runs = [lr_run(3e-3, 0.0180), lr_run(1e-3, 0.0250), lr_run(2e-4, 0.0150)]
+    assert sub.pick_lr(runs, default_lr=1e-3) == 2e-4
+
+
+def test_a_failed_run_is_never_picked():
+    collapsed = lr_run(3e-3, 0.0100, failed="collapsed")  # a loss that would win, were the run not marked failed
+    assert sub.pick_lr([collapsed, lr_run(1e-3, 0.0250), lr_run(2e-4, 0.0410)], default_lr=1e-3) == 1e-3
+    diverged = lr_run(1e-3, None, failed="diverged")
+    assert sub.pick_lr([collapsed, diverged, lr_run(2e-4, 0.0410)], default_lr=1e-3) == 2e-4
+
+
+def test_if_the_default_run_failed_the_best_other_run_is_picked_at_any_margin():
+    runs = [lr_run(3e-3, 0.0240, share=0.3), lr_run(1e-3, 0.93, failed="collapsed"), lr_run(2e-4, 0.0410)]
+    assert sub.pick_lr(runs, default_lr=1e-3) == 3e-3
+
+
+def test_if_every_run_failed_the_default_is_kept():
+    runs = [lr_run(3e-3, None, failed="diverged"), lr_run(1e-3, 0.93, failed="collapsed"),
+            lr_run(2e-4, 0.97, failed="collapsed")]
+    assert sub.pick_lr(runs, default_lr=1e-3) == 1e-3
+
+
+def test_every_profile_tries_its_default_rate_in_the_learning_rate_runs():
+    for name, profile in sub.PROFILES.items():
+        assert profile.train.get("lr", ddpm.Config.lr) in profile.lr_rates, name
+
+
+def test_lr_results_record_each_run_its_failure_and_the_picked_rate(tmp_path):
+    """The smoke profile's three rates: 3e-3 stopped on non-finite losses, 1e-3 (the default) trained, 2e-4 kept
+    its losses finite but denoises barely better than predicting no noise. Evaluations are read from evals/."""
+    args = sub.parse_args(["--data-dir", str(tmp_path), "--classes", "A,B", "--first-name", "A", "--roll-number",
+                           "1", "--profile", "smoke", "--out-dir", str(tmp_path)])
+    plan = sub.Plan(args, sub.PROFILES["smoke"], ddpm.Config(**sub.PROFILES["smoke"].train), [20, 20], seed=1)
+    folders = {lr: folder for lr, folder, _ in plan.lr_runs}
+    write_log(folders[3e-3], [(10, 0.4), (20, float("nan"))])
+    for lr, per_t in [(1e-3, LOSS_PER_T), (2e-4, {"1": 1.0, "25": 0.95, "50": 0.91})]:
+        write_log(folders[lr], [(10, 0.2), (20, 0.1)])
+        (folders[lr] / "run_info.json").write_text(json.dumps({"steps": 20, "train_seconds": 2.0}))
+        (folders[lr] / "evals").mkdir()
+        (folders[lr] / "evals" / "model.json").write_text(json.dumps(
+            {"step": 20, "denoising_loss": sum(per_t.values()) / len(per_t), "denoising_loss_per_t": per_t,
+             "novelty": 1.0, "copy_share": 0.0, "asked_class_share": 0.5}))
+    sweep = sub.lr_results(plan, diverged=[3e-3])
+    assert [(r["label"], r["failed"], r["diverged"], r["is_default"]) for r in sweep["runs"]] == [
+        ("3e-3", "diverged", True, False), ("1e-3", None, False, True), ("2e-4", "collapsed", False, False)]
+    assert sweep["runs"][0]["denoising_loss_past_t1"] is None and sweep["runs"][0]["denoising_loss_per_t"] is None
+    assert sweep["runs"][1]["denoising_loss_past_t1"] == pytest.approx(0.014866, abs=1e-6)
+    assert sweep["runs"][2]["denoising_loss_past_t1"] == pytest.approx(0.93)
+    assert {k: v for k, v in sweep.items() if k != "runs"} == {
+        "epochs": 4, "default_lr": 1e-3, "default_label": "1e-3", "picked_lr": 1e-3, "picked_label": "1e-3",
+        "pick_margin": 0.1, "collapse_loss": 0.5, "all_failed": False}
 
 
 def test_the_seed_comes_from_the_roll_number():
@@ -169,9 +267,10 @@ def test_the_smoke_profile_stops_before_packing_while_notes_are_blank(smoke_subm
     out, first, _ = smoke_submission
     assert first.returncode == 0, first.stderr[-2000:]
     assert "not packed yet" in first.stderr and "notes.md" in first.stderr
-    plan = first.stderr[first.stderr.index("plan: "):first.stderr.index("== train")]
+    plan = first.stderr[first.stderr.index("plan: "):first.stderr.index("== lr\n")]
     assert "Snow Owl, Red Fox, Moth (59 photos)" in plan and f"seed {sub.seed_from('i21-0001')}" in plan
-    assert all(f"  {stage} " in plan for stage in ("train", "lr", "evaluate", "results", "package"))
+    stages = [line.split()[0] for line in plan.splitlines()[1:-1]]
+    assert stages == ["lr", "train", "evaluate", "choose", "results", "report", "package"]
     assert "warning: class Moth has 19 usable images" in first.stderr
     assert (out / "Report.pdf").is_file() and (out / "notes.md").is_file()
     assert first.zips == []
@@ -180,8 +279,24 @@ def test_the_smoke_profile_stops_before_packing_while_notes_are_blank(smoke_subm
 def test_a_rerun_skips_every_finished_stage(smoke_submission):
     _, first, second = smoke_submission
     assert second.returncode == 0, second.stderr[-2000:]
-    for stage in ("train", "lr", "evaluate", "choose", "results"):
+    for stage in ("lr", "lr-results", "train", "evaluate", "choose", "results"):
         assert f"== {stage}\n" in first.stderr and f"== {stage}\n" not in second.stderr
+
+
+def test_the_smoke_main_model_trains_after_the_lr_runs_at_the_rate_they_picked(smoke_submission):
+    out, first, _ = smoke_submission
+    started = [line[3:] for line in first.stderr.splitlines() if line.startswith("== ")]
+    assert started[:3] == ["lr", "lr-results", "train"]
+    metrics = json.loads((out / "results" / "metrics.json").read_text())
+    sweep = metrics["lr_sweep"]
+    assert [r["label"] for r in sweep["runs"]] == ["3e-3", "1e-3", "2e-4"] and sweep["default_lr"] == 1e-3
+    assert metrics["config"]["lr"] == sweep["picked_lr"] and sweep["picked_label"] in ("3e-3", "1e-3", "2e-4")
+    assert sweep["all_failed"] == all(r["failed"] for r in sweep["runs"])
+    for run in sweep["runs"]:
+        assert run["failed"] in (None, "diverged", "collapsed") and run["diverged"] == (run["failed"] == "diverged")
+        if run["failed"] != "diverged":
+            assert run["denoising_loss_past_t1"] == pytest.approx(sub.loss_past_t1(run["denoising_loss_per_t"]))
+    assert all(c["denoising_loss_past_t1"] > 0 for c in metrics["checkpoints"])
 
 
 def unpacked(out, tmp_path):

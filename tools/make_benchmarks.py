@@ -3,16 +3,19 @@
     python tools/make_benchmarks.py [--check]
 
 The speed and engineering record of the repository: benchmarks, what made the code faster, and the commands
-behind results/. It stays out of Report.pdf and out of the submission. The source uses the placeholders,
-!let and !check lines of tools/make_report.py; the output is plain markdown. --check writes nothing and fails
-when BENCHMARKS.md is not what the current source and results give.
+behind results/. It stays out of Report.pdf and out of the submission. The source is a Jinja2 template filled in
+by tools/make_report.py's fill, with pick(rows, key=value) to find a row and fail(claim) to stop on a false claim;
+the output is plain markdown. --check writes nothing and fails when BENCHMARKS.md is not what the current source
+and results give.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from make_report import RESULTS, ROOT, ReportError, fill_in, load_results
+from make_report import ROOT, ReportError, fill
 
+RESULTS = ROOT / "results"
 SOURCE = ROOT / "report" / "benchmarks.md"
 OUT = ROOT / "BENCHMARKS.md"
 DATA_FILES = {"metrics": "metrics.json", "bench_cpu": "bench_cpu.json", "bench_cuda": "bench_cuda.json",
@@ -20,11 +23,23 @@ DATA_FILES = {"metrics": "metrics.json", "bench_cpu": "bench_cpu.json", "bench_c
 HEADER = "<!-- Built by python tools/make_benchmarks.py from report/benchmarks.md and results/; do not edit. -->"
 
 
+def pick(rows, **match):
+    """The one row of a list of dicts whose keys equal `match`, e.g. pick(bench_cpu.training, model="ours")."""
+    found = [row for row in rows if all(row.get(k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise ReportError(f"pick({match}) matched {len(found)} rows, not 1")
+    return found[0]
+
+
+def fail(claim):
+    raise ReportError(f"claim is false with these results: {claim}")
+
+
 def render(source=SOURCE, results_dir=RESULTS):
     """The text of BENCHMARKS.md."""
-    lines = fill_in(Path(source).read_text(encoding="utf-8").splitlines(), load_results(results_dir, DATA_FILES),
-                    Path(source).name)
-    return "\n".join([HEADER] + lines).rstrip() + "\n"
+    data = {name: json.loads((Path(results_dir) / file).read_text(encoding="utf-8")) for name, file in DATA_FILES.items()}
+    text = fill(source, pick=pick, fail=fail, abs=abs, **data)
+    return (HEADER + "\n" + text).rstrip() + "\n"
 
 
 def main(argv=None):

@@ -1,74 +1,45 @@
-"""Builds a submission's Report.pdf from report/report.md, its results/ (figures and metrics.json) and its notes.md.
+"""Builds a submission's Report.pdf from the template report/report.md, its results/ and its notes.md.
 
     python tools/make_report.py [--submission-dir DIR] [--name NAME] [--roll-number ROLL] [--out PATH]
                                 [--data-dir PATH]
 
-A submission folder DIR (default: the repository root) holds results/, written by tools/make_submission.py for the
-student's own classes, and notes.md, the student's own reading of them. Every number in the report is read from
-DIR/results/ when the report is built, so report and results cannot disagree; report/report.md is a template that
-is true for any run: what a sentence says about an outcome is chosen by the measurement. It is a small markdown
-subset:
+A submission folder DIR (default: the repository root) holds what tools/make_submission.py made for the student's
+own classes: saved_models/ddpm_animals.pt, results/ (figures and metrics.json) and notes.md, the student's own
+reading of them. report/report.md is a Jinja2 template (https://jinja.palletsprojects.com) of a small markdown
+subset, filled in with `metrics` (results/metrics.json), `forward` (the forward-process figure's numbers), `photos`
+(whether the training photos are shown) and `notes("Section title")` (the student's text). A float must be given
+a format: {{ x|fmt(".2f") }}; a key missing from the results stops the build, naming the template line. A sentence
+that reads a figure sits in an {% if %} on the numbers that make it true. The markdown subset:
 
     # Chapter, ## Section          numbered headings; they fill the contents page and the PDF outline
-    paragraphs, "- " bullets, ``` code blocks, $$ a centred equation line $$, **bold**, *italic*, `code`,
-    x~sub~, x^sup^
-    ![caption](results/x.png){#fig:name width=0.8}      a numbered figure; @fig:name in the text refers to it
-    ![caption](photos/x.png){#fig:name}                 a figure of training photos: only with --data-dir
-    Table: caption {#tab:name}, then | a | b | rows      a numbered table (---: right-aligns a column); @tab:name
-    {expression:format}     a value from the results, formatted with Python's format(), e.g. {metrics.parameters:,}
-    !let name = expression  a short name for a value, usable in the lines below
-    !for x in expression    the lines up to the matching !end, filled in once per item x of the list
-    !if expression          the lines up to the matching !end, only where the expression is true
-    !check expression       a fact the text relies on (e.g. one class list everywhere); the build stops if false.
-                            Never an outcome of the run: a student's build must not stop on what was measured
-    !notes Section title    the student's text under `## Section title` in notes.md, or a note that it is blank
-    <!-- comment -->        a line left out of the report
+    paragraphs, "- " bullets, $$ a centred equation line $$, **bold**, *italic*, `code`, x~sub~, x^sup^
+    ![caption](results/x.png){#fig:name width=0.8}  a numbered figure from DIR/results/; @fig:name refers to it
+    ![caption](built/x.png){#fig:name}              a figure drawn while building (below)
+    Table: caption {#tab:name}, then | a | b | rows  a numbered table (---: right-aligns a column); @tab:name
+    <!-- comment -->                                 left out of the report
 
-Expressions read `metrics` (results/metrics.json) and `forward` (the forward-process figure's image and the mean
-and std of its x_T): a.b and a["key"] look up keys, a[0] list items, pick(rows, key=value) the one row matching;
-+ - * / // ** and comparisons (also in, is, not) work as in Python, and so does `A if condition else B`, which
-is how a sentence follows the measurement. min, max, abs, round, len, str, sum, range and format are Python's;
-[a, b] makes a list, names(list) reads "A, B and C", column(rows, key) is [row[key] for row in rows],
-argmin(values) and argmax(values) the index of the smallest and largest value that is not None, and
-alpha_bar(t, T) the script's own noise schedule. A missing key stops the build, naming the placeholder
-and the keys that do exist; so does a float without a format. A line that fills in to nothing (a sentence the
-measurement chose away) is left out, so it does not split its paragraph. Names made by !let inside a !for or !if
-block last until its !end.
-
-notes.md starts with a title line and a line of instructions; then, for each !notes directive in order, a
-`## Section title` line and the blank marker line, which the student replaces with their own text (the same
-markdown subset; no placeholders). notes_sections, write_notes_template, read_notes and blank_notes serve the
-tools that write and check it.
-
---data-dir makes the forward-process figure from the first photo of the run's first class (the script's `forward`
-command) and draws the photos/ figures, all in a temporary folder. Without it the report shows
-results/forward_process.png, made from a generated image, and leaves the photos/ figures out, because the photos'
-licence keeps them out of the repository. For the same reason a report built with --data-dir must be written
-somewhere other than DIR/Report.pdf.
+While building, the script's own functions draw into built/: the forward process (of the first photo of the first
+class with --data-dir, else of a sample of DIR's model), the loss by t, and with --data-dir the photos as the model
+sees them and each test sample beside its nearest photos. The photos' licence keeps them out of the repository, so
+a report built with --data-dir must be written somewhere other than DIR/Report.pdf.
 
 Building DIR/Report.pdf (the default --out) also writes DIR/report/built_from.json: the sha256 of
 DIR/results/metrics.json (which tools/package_submission.py checks) and of every other input (tests/test_report.py
-checks them all), named relative to DIR where they lie in it, else to the repository. The PDF is byte-for-byte
-reproducible (reportlab's invariant mode). The builder needs reportlab (requirements-dev.txt), Pillow and the
-DejaVu fonts that ship with matplotlib; rollNumber_05.py never imports it.
+checks them all). The PDF is byte-for-byte reproducible on one machine (reportlab's invariant mode).
 """
 import argparse
-import ast
-import hashlib
 import io
 import json
-import operator
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
+import jinja2
 import matplotlib
 from PIL import Image as PILImage
-from PIL import ImageOps
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_CENTER, TA_RIGHT
 from reportlab.lib.pagesizes import A4
@@ -78,50 +49,36 @@ from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import (BaseDocTemplate, CondPageBreak, Frame, Image, KeepTogether, ListFlowable, ListItem,
-                                NextPageTemplate, PageBreak, PageTemplate, Paragraph, Preformatted, Spacer, Table,
-                                TableStyle)
+                                NextPageTemplate, PageBreak, PageTemplate, Paragraph, Spacer, Table, TableStyle)
 from reportlab.platypus.tableofcontents import TableOfContents
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+import make_results as figures  # noqa: E402
+import rollNumber_05 as ddpm  # noqa: E402
+from make_results import sha256  # noqa: E402
+
 SOURCE = ROOT / "report" / "report.md"
-# the repository's own submission; another submission folder holds the same paths (in_submission)
-RESULTS = ROOT / "results"
-NOTES = ROOT / "notes.md"
-DEFAULT_OUT = ROOT / "Report.pdf"
-BUILT_FROM = ROOT / "report" / "built_from.json"
-DATA_FILES = {"metrics": "metrics.json"}
-FORWARD_FIGURE = "forward_process.png"
+# the paths of a submission folder: the repository is one (ROOT), tools/make_submission.py --out-dir makes others
+MODEL, RESULTS, NOTES = "saved_models/ddpm_animals.pt", "results", "notes.md"
+REPORT, BUILT_FROM = "Report.pdf", "report/built_from.json"
 NOTES_TITLE = "# Notes for Report.pdf"
 NOTES_BLANK = "(write your reading of these results here)"
-NOTES_LEAD = "**Your reading.**"
-PHOTO_FIGURES = "photos/"  # figures drawn from --data-dir at build time; a build without it leaves them out
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+NOTES_HELP = ("Replace each line in parentheses with your own reading of that chapter's results (what the figures "
+              "show, what surprised you, what you would try next); Report.pdf prints each section at the end of "
+              "its chapter, so rebuild the report after editing.")
+NOTES_CALL = re.compile(r'\{\{\s*notes\("([^"]+)"\)\s*\}\}')
 TITLE = "Generating animal images with a denoising diffusion model"
-MAX_CODE_CHARS = 92  # a code line longer than this would run off the page: the build refuses it
 
 
 class ReportError(Exception):
-    """A problem in the source or the results that the author must fix; printed as one line."""
+    """A problem in the template or the results that the author must fix; printed as one line."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Values: {expression:format} placeholders and !check claims, evaluated against the results
+# The text: report/report.md filled in with the results
 # ---------------------------------------------------------------------------------------------
-
-def pick(rows, **match):
-    """The one row of a list of dicts whose keys equal `match`, e.g. pick(bench_cpu.training, model="ours")."""
-    found = [row for row in rows if all(row.get(k) == v for k, v in match.items())]
-    if len(found) != 1:
-        raise ReportError(f"pick({match}) matched {len(found)} rows, not 1")
-    return found[0]
-
-
-def alpha_bar(t, timesteps):
-    """alpha_bar_t (paper numbering, t = 1..T) of the script's own noise schedule."""
-    sys.path.insert(0, str(ROOT))
-    from rollNumber_05 import NoiseSchedule
-    return float(NoiseSchedule(timesteps).alphas_cumprod[t - 1])
-
 
 def names(items):
     """['A', 'B', 'C'] -> 'A, B and C'; numbers as written, [1.0, 2.5] -> '1 and 2.5'."""
@@ -129,210 +86,66 @@ def names(items):
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def column(rows, key):
-    """One key of every row, e.g. column(metrics.lr_sweep.runs, "label") -> ['3e-3', '1e-3', ...]."""
-    return [lookup(row, key, "a row") for row in rows]
-
-
 def argmin(values):
-    """The index of the smallest value that is not None (null in the results: not measured), or None if none is."""
+    """The index of the smallest value that is not None (not measured), or None if none is."""
     measured = [i for i, v in enumerate(values) if v is not None]
-    return min(measured, key=lambda i: values[i]) if measured else None
+    return min(measured, key=values.__getitem__) if measured else None
 
 
-def argmax(values):
-    """The index of the largest value that is not None, or None if none is."""
-    return argmin([None if v is None else -v for v in values])
+def fmt(value, spec):
+    """format() for the template, {{ x|fmt(".2f") }}; a missing key raises Jinja's error that names it."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # documented for Undefined subclasses
+    return format(value, spec)
 
 
-FUNCTIONS = {"pick": pick, "names": names, "column": column, "argmin": argmin, "argmax": argmax,
-             "alpha_bar": alpha_bar, "min": min, "max": max, "abs": abs, "round": round, "len": len, "str": str,
-             "sum": sum, "range": range, "format": format}
-OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-             ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.USub: operator.neg, ast.Not: operator.not_,
-             ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
-             ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Is: operator.is_, ast.IsNot: operator.is_not,
-             ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+def refuse_bare_float(value):
+    """Jinja's finalize: every float in the text is formatted on purpose, never printed with 16 digits."""
+    if isinstance(value, float):
+        raise ReportError(f"the float {value!r} needs a format, e.g. {{{{ x|fmt('.2f') }}}}")
+    return value
 
 
-def lookup(container, key, where):
-    """container[key] for a dict or a list, or a ReportError naming what exists at `where`."""
-    if isinstance(container, dict) and key in container:
-        return container[key]
-    if isinstance(container, list) and isinstance(key, int) and -len(container) <= key < len(container):
-        return container[key]
-    there = f"keys there: {', '.join(map(str, container))}" if isinstance(container, dict) else \
-        f"a {type(container).__name__}" + (f" of {len(container)}" if isinstance(container, list) else "")
-    raise ReportError(f"no {key!r} in {where} ({there})")
+def alpha_bar(t, timesteps):
+    """alpha_bar_t (paper numbering, t = 1..T) of the script's own noise schedule."""
+    return float(ddpm.NoiseSchedule(timesteps).alphas_cumprod[t - 1])
 
 
-def evaluate(text, data):
-    """The value of one expression over the results; only the forms listed in the module docstring."""
+TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                               finalize=refuse_bare_float, comment_start_string="<!--",
+                               comment_end_string="-->")  # so that {#fig:x} stays a label
+TEMPLATES.filters.update(fmt=fmt, names=names, rate=figures.lr_label)
+TEMPLATES.globals.update(alpha_bar=alpha_bar, argmin=argmin)
+
+
+def render_text(metrics, forward, photos, notes, source=SOURCE):
+    """The report's markdown: the template filled in with these results and the student's notes."""
+    def notes_of(title):
+        text = notes.get(title, "")
+        return text or f"*Still blank: write your reading under “{title}” in notes.md and rebuild the report.*"
+    return fill(source, metrics=metrics, forward=forward, photos=photos, notes=notes_of)
+
+
+def fill(source, **values):
+    """The template file `source` filled in with `values`; an error names the template's line."""
     try:
-        tree = ast.parse(text.strip(), mode="eval").body
-    except SyntaxError:
-        raise ReportError(f"not an expression: {text}") from None
-
-    def value(node):
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            if node.id in data:
-                return data[node.id]
-            raise ReportError(f"unknown name {node.id!r}; the results are {', '.join(data)}")
-        if isinstance(node, ast.List):
-            return [value(item) for item in node.elts]
-        if isinstance(node, ast.Attribute):
-            return lookup(value(node.value), node.attr, ast.unparse(node.value))
-        if isinstance(node, ast.Subscript):
-            return lookup(value(node.value), value(node.slice), ast.unparse(node.value))
-        if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
-            return OPERATORS[type(node.op)](value(node.left), value(node.right))
-        if isinstance(node, ast.UnaryOp) and type(node.op) in OPERATORS:
-            return OPERATORS[type(node.op)](value(node.operand))
-        if isinstance(node, ast.Compare) and all(type(op) in OPERATORS for op in node.ops):
-            values = [value(node.left)] + [value(c) for c in node.comparators]
-            return all(OPERATORS[type(op)](a, b) for op, a, b in zip(node.ops, values, values[1:]))
-        if isinstance(node, ast.BoolOp):  # lazy, as in Python: `x is not None and x > 0` is safe
-            results = (value(v) for v in node.values)
-            return all(results) if isinstance(node.op, ast.And) else any(results)
-        if isinstance(node, ast.IfExp):  # only the branch the condition picks: the other may not exist in this run
-            return value(node.body) if value(node.test) else value(node.orelse)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS:
-            return FUNCTIONS[node.func.id](*map(value, node.args), **{k.arg: value(k.value) for k in node.keywords})
-        raise ReportError(f"unsupported expression {ast.unparse(node)!r}")
-
-    return value(tree)
-
-
-def split_format(inner):
-    """'expr:spec' -> (expr, spec); a colon inside brackets, parentheses or quotes belongs to the expression."""
-    depth, quote = 0, None
-    for i, ch in enumerate(inner):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch == ":" and depth == 0:
-            return inner[:i], inner[i + 1:]
-    return inner, ""
-
-
-def render_value(inner, data):
-    expr, spec = split_format(inner)
-    try:
-        result = evaluate(expr, data)
-    except ReportError as err:
-        raise ReportError(f"{{{inner}}}: {err}") from None
-    if isinstance(result, float) and not spec:
-        raise ReportError(f"{{{inner}}} is a float: give it a format, e.g. {{{expr}:.2f}}")
-    try:
-        return format(result, spec)
-    except (ValueError, TypeError) as err:
-        raise ReportError(f"{{{inner}}}: format {spec!r} does not fit {result!r} ({err})") from None
-
-
-def fill_in(lines, data, source_name=None):
-    """Source lines with every {placeholder} replaced; !let lines name a value for the lines below, !check lines
-    are verified, !for and !if blocks are repeated or left out; all these are dropped, as are comments.
-    Errors name the source line."""
-    return fill_numbered(list(enumerate(lines, 1)), dict(data), source_name or SOURCE.name)
-
-
-def fill_numbered(numbered, data, source_name):
-    """fill_in for (line number, line) pairs: a block's lines are filled in by calling this again."""
-    out, i = [], 0
-    while i < len(numbered):
-        number, line = numbered[i]
-        try:
-            if line.startswith(("!for ", "!if ")):
-                end = block_end(numbered, i)
-                bindings = block_bindings(line, data)
-            elif line.strip() == "!end":
-                raise ReportError("!end without a !for or !if above it")
-            else:
-                end = None
-                out += fill_line(line, data)
-        except ReportError as err:
-            raise ReportError(f"{source_name} line {number}: {err}") from None
-        if end is not None:  # outside the try: an error inside the block already names its own line
-            for names in bindings:
-                out += fill_numbered(numbered[i + 1:end], {**data, **names}, source_name)
-            i = end
-        i += 1
-    return out
-
-
-def fill_line(line, data):
-    """One source line outside a block -> the report lines it gives (none for a directive); !let adds to `data`."""
-    if line.startswith("!let "):
-        name, _, expr = line[len("!let "):].partition("=")
-        if not name.strip().isidentifier() or not expr.strip():
-            raise ReportError(f"write !let NAME = EXPRESSION, not {line!r}")
-        data[name.strip()] = evaluate(expr, data)
-        return []
-    if line.startswith("!check "):
-        if not evaluate(line[len("!check "):], data):
-            raise ReportError(f"claim is false with these results: {line[len('!check '):].strip()}")
-        return []
-    if line.strip().startswith("<!--"):
-        return []
-    filled = re.sub(r"\{([^{}#]+)\}", lambda m: render_value(m.group(1), data), line)
-    return [filled] if filled.strip() or not line.strip() else []  # a sentence chosen away leaves no blank line
-
-
-def block_end(numbered, start):
-    """The index of the !end that closes the !for or !if block opened at `start`; blocks may nest."""
-    depth = 0
-    for i in range(start, len(numbered)):
-        line = numbered[i][1]
-        depth += line.startswith(("!for ", "!if ")) - (line.strip() == "!end")
-        if depth == 0:
-            return i
-    raise ReportError(f"{numbered[start][1].split()[0]} without its !end")
-
-
-def block_bindings(line, data):
-    """What a block's lines are filled in with, once each: {name: item} per item of a !for; for an !if, one empty
-    binding where its condition holds, none where it does not."""
-    if line.startswith("!if "):
-        return [{}] if evaluate(line[len("!if "):], data) else []
-    m = re.fullmatch(r"!for\s+(\w+)\s+in\s+(.+)", line.strip())
-    if not m:
-        raise ReportError(f"write !for NAME in EXPRESSION, not {line!r}")
-    return [{m.group(1): item} for item in evaluate(m.group(2), data)]
-
-
-def load_results(results_dir, files=DATA_FILES):
-    data = {}
-    for name, file in files.items():
-        path = Path(results_dir) / file
-        if not path.is_file():
-            raise ReportError(f"{path} is missing; rebuild the results (see Readme.txt)")
-        data[name] = json.loads(path.read_text(encoding="utf-8"))
-    return data
+        return TEMPLATES.from_string(Path(source).read_text(encoding="utf-8")).render(**values)
+    except jinja2.TemplateSyntaxError as err:
+        raise ReportError(f"{Path(source).name} line {err.lineno}: {err.message}") from None
+    except (jinja2.UndefinedError, ReportError, TypeError, ValueError) as err:
+        lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == "<template>"]
+        raise ReportError(f"{Path(source).name} line {lines[-1] if lines else '?'}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------
-# The student's notes: notes.md holds a section for each !notes directive of the report
+# The student's notes: notes.md holds a section for each notes("...") of the template
 # ---------------------------------------------------------------------------------------------
-
-NOTES_HELP = ("Replace each line in parentheses with your own reading of that chapter's results (what the figures "
-              "show, what surprised you, what you would try next); Report.pdf prints each section at the end of "
-              "its chapter, so rebuild the report after editing.")
-MARKUP_STARTS = ("#", "- ", "```", "$$", "![", "Table:", "|")  # lines that are not the start of a paragraph
-
 
 def notes_sections(source=SOURCE):
-    """The titles of the report's !notes directives, in order: the sections notes.md has."""
-    titles = [line[len("!notes "):].strip() for line in Path(source).read_text(encoding="utf-8").splitlines()
-              if line.startswith("!notes ")]
+    """The titles of the template's notes("...") calls, in order: the sections notes.md has."""
+    titles = NOTES_CALL.findall(Path(source).read_text(encoding="utf-8"))
     if len(set(titles)) < len(titles):
-        raise ReportError(f"{Path(source).name}: two !notes directives have the same title")
+        raise ReportError(f"{Path(source).name}: two notes sections have the same title")
     return titles
 
 
@@ -364,29 +177,9 @@ def read_notes(path):
 
 
 def blank_notes(path, source=SOURCE):
-    """The titles of the report's notes sections that notes.md leaves blank or lacks, in order."""
+    """The titles of the template's notes sections that notes.md leaves blank or lacks, in order."""
     notes = read_notes(path)
     return [title for title in notes_sections(source) if not notes.get(title)]
-
-
-def with_notes(lines, notes):
-    """The filled-in source lines with each !notes directive replaced by the student's text for its section,
-    after a lead-in; a blank section says so, in italics, where the text will go."""
-    out = []
-    for line in lines:
-        if not line.startswith("!notes "):
-            out.append(line)
-            continue
-        title = line[len("!notes "):].strip()
-        text = notes.get(title, "").splitlines()
-        if not text:
-            out += ["", f"{NOTES_LEAD} *Still blank: write your reading under “{title}” in notes.md and rebuild "
-                        f"the report.*", ""]
-        elif text[0].startswith(MARKUP_STARTS):  # a list or table of the student's own begins below the lead-in
-            out += ["", NOTES_LEAD, ""] + text + [""]
-        else:
-            out += ["", f"{NOTES_LEAD} {text[0]}"] + text[1:] + [""]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,8 +212,6 @@ def make_styles():
         "h2": ParagraphStyle("h2", fontName="Sans-Bold", fontSize=12, leading=15, spaceBefore=10, spaceAfter=4,
                              keepWithNext=1),
         "caption": ParagraphStyle("caption", parent=body, fontSize=8.5, leading=11, spaceBefore=3, spaceAfter=12),
-        "code": ParagraphStyle("code", fontName="Mono", fontSize=8, leading=10.5, leftIndent=8, spaceBefore=2,
-                               spaceAfter=8, backColor=colors.HexColor("#f3f3f3"), borderPadding=4),
         "table_caption": ParagraphStyle("table_caption", parent=body, fontSize=8.5, leading=11, spaceBefore=6,
                                         spaceAfter=4),
         "equation": ParagraphStyle("equation", parent=body, alignment=TA_CENTER, spaceBefore=2, spaceAfter=8),
@@ -503,24 +294,16 @@ class Heading(Paragraph):
         self.plain = f"{number}  " + re.sub(r"<[^>]+>", "", text).replace("&amp;", "&").replace("&lt;", "<")
 
 
-def figure_path(text, results_dir):
-    """Figures come from results/ (or from the results_dir that stands in for it); photos/ figures from the
-    photos/ folder that a build with --data-dir draws inside it."""
-    if text.startswith(PHOTO_FIGURES):
-        return Path(results_dir) / text
-    if not text.startswith("results/"):
-        raise ReportError(f"figure {text} is not in results/: the report shows only what results/ holds")
-    return Path(results_dir) / text[len("results/"):]
+def figure_path(text, folders):
+    """'results/x.png' or 'built/x.png' -> the file in the folder of that name."""
+    folder, _, name = text.partition("/")
+    if folder not in folders:
+        raise ReportError(f"figure {text} is in neither {' nor '.join(f'{f}/' for f in folders)}")
+    return Path(folders[folder]) / name
 
 
-def without_photo_figures(lines):
-    """The source lines less the figures that only a build with the training photos can draw."""
-    return [line for line in lines
-            if not ((m := FIGURE.match(line.strip())) and m.group("path").startswith(PHOTO_FIGURES))]
-
-
-def figure(m, refs, styles, width, results_dir):
-    path = figure_path(m.group("path"), results_dir)
+def figure(m, refs, styles, width, folders):
+    path = figure_path(m.group("path"), folders)
     if not path.is_file():
         raise ReportError(f"figure {path} does not exist; rebuild the results (see Readme.txt)")
     w, h = ImageReader(str(path)).getSize()
@@ -598,7 +381,7 @@ def add_block(story, height, block):
     story += [CondPageBreak(height + 2 * cm * len(headings))] + headings + block
 
 
-def blocks_to_flowables(lines, refs, styles, width, results_dir):
+def blocks_to_flowables(lines, refs, styles, width, folders):
     """The filled-in source lines -> flowables. Chapters and sections are numbered here."""
     story, chapter, section, i = [], 0, 0, 0
     paragraph = []
@@ -626,22 +409,9 @@ def blocks_to_flowables(lines, refs, styles, width, results_dir):
         elif stripped.startswith("$$") and stripped.endswith("$$") and len(stripped) > 4:
             flush()
             story.append(Paragraph(inline(stripped[2:-2].strip(), refs), styles["equation"]))
-        elif stripped.startswith("```"):
-            flush()
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```")), None)
-            if end is None:
-                raise ReportError(f"code block opened by {stripped!r} is never closed")
-            code = lines[i + 1:end]
-            too_long = [c for c in code if len(c) > MAX_CODE_CHARS]
-            if too_long:
-                raise ReportError(f"code line longer than {MAX_CODE_CHARS} characters: {too_long[0]}")
-            block = Preformatted("\n".join(code), styles["code"])
-            lead_in = [story.pop()] if story and isinstance(story[-1], Paragraph) else []  # "Run this:" stays with it
-            story.append(KeepTogether(lead_in + [block]))
-            i = end
         elif FIGURE.match(stripped):
             flush()
-            add_block(story, *figure(FIGURE.match(stripped), refs, styles, width, results_dir))
+            add_block(story, *figure(FIGURE.match(stripped), refs, styles, width, folders))
         elif TABLE.match(stripped):
             flush()
             end = i + 1
@@ -671,7 +441,7 @@ def blocks_to_flowables(lines, refs, styles, width, results_dir):
 
 
 # ---------------------------------------------------------------------------------------------
-# The document: title page, contents, chapters; page numbers; report/built_from.json
+# The document: title page, contents, chapters; page numbers
 # ---------------------------------------------------------------------------------------------
 
 class ReportDoc(BaseDocTemplate):
@@ -698,8 +468,7 @@ class ReportDoc(BaseDocTemplate):
             self.notify("TOCEntry", (flowable.level, flowable.plain, self.page, flowable.key))
 
 
-def title_page(name, roll_number, data, styles):
-    m = data["metrics"]
+def title_page(name, roll_number, m, styles):
     classes, size = m["classes"], m["config"]["image_size"]
     summary = (f"A denoising diffusion probabilistic model with {m['parameters'] / 1e6:.1f} M parameters, trained on "
                f"{m['data']['train_images']} photos of {names(classes)}, draws new {size} x {size} px animals from "
@@ -715,114 +484,64 @@ def title_page(name, roll_number, data, styles):
             Spacer(1, 1.5 * cm)]
 
 
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+# ---------------------------------------------------------------------------------------------
+# The build: figures drawn now, the text, the PDF, report/built_from.json
+# ---------------------------------------------------------------------------------------------
+
+def draw_figures(submission_dir, metrics, data_dir, folder):
+    """The figures drawn at build time into `folder` by the script's and make_results' own functions: the loss by
+    t; the forward process of the first photo of the first class (with data_dir) or of a sample of the model; with
+    data_dir also the photos as the model sees them and the test samples beside their nearest photos. Returns what
+    the report says of the forward process."""
+    model, schedule, cfg = ddpm.load_model(Path(submission_dir) / MODEL, "cpu")
+    seed = metrics["run"]["seed"]
+    curves = {f"chosen model, step {metrics['chosen']['step']:,}": metrics["evaluation"]["denoising_loss_per_t"]}
+    curves.update({f"lr {run['label']} run": run["denoising_loss_per_t"] for run in metrics["lr_sweep"]["runs"]
+                   if run.get("denoising_loss_per_t")})
+    figures.loss_by_t(curves, folder / "loss_by_t.png")
+    if data_dir:
+        images, labels = ddpm.training_images(data_dir, cfg)
+        figures.training_photos(images, labels, cfg.classes, folder / "training_photos.png")
+        figures.nearest_neighbours(model, schedule, cfg, images, folder, seed, show_photos=True)
+        x0, image = images[0], f"the first {cfg.classes[0]} photo of the training data"
+    else:
+        x0 = ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(1, cfg.image_size, seed), "ddim", 50,
+                                      labels=ddpm.class_labels(cfg, 1), guidance=ddpm.guidance_for(cfg), seed=seed)[0]
+        image = f"a {cfg.classes[0]} sample of the trained model"
+    snapshots, spread = ddpm.plot_forward_process(schedule, x0, folder / "forward_process.png", seed)
+    x_T = snapshots[cfg.timesteps]
+    return {"image": image, "x_T_mean": float(x_T.mean()), "x_T_std": float(x_T.std()),
+            "std_x0": spread[0][1], "largest_gap": max(abs(measured - predicted) for measured, predicted
+                                                       in spread.values())}
 
 
-def in_submission(folder, path):
-    """Where one of the repository's own submission paths (RESULTS, NOTES, DEFAULT_OUT, BUILT_FROM) lies in the
-    submission folder `folder`."""
-    return Path(folder) / Path(path).relative_to(ROOT)
+def load_metrics(submission_dir):
+    path = Path(submission_dir) / RESULTS / "metrics.json"
+    if not path.is_file():
+        raise ReportError(f"{path} is missing; make it with python tools/make_submission.py (see Readme.txt)")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def input_files(results_dir, notes):
-    """Everything the report is made from: the text, the builder, the JSON results, the figures it shows and the
-    student's notes."""
-    lines = join_directives(SOURCE.read_text(encoding="utf-8").splitlines())
-    figures = sorted({figure_path(m.group("path"), results_dir)
-                      for line in without_photo_figures(lines) if (m := FIGURE.match(line.strip()))})
-    return [SOURCE, Path(__file__).resolve()] + [Path(results_dir) / f for f in DATA_FILES.values()] + figures + \
-        ([Path(notes)] if Path(notes).is_file() else [])
+def build(submission_dir=ROOT, out=None, name="[Your Name]", roll_number="[Roll Number]", data_dir=None):
+    """Writes the report of submission_dir to `out` (default: its Report.pdf); with data_dir, the figures that show
+    the training photos too. Returns the number of pages."""
+    submission_dir = Path(submission_dir)
+    metrics = load_metrics(submission_dir)
+    notes = read_notes(submission_dir / NOTES)
+    with tempfile.TemporaryDirectory() as built:
+        forward = draw_figures(submission_dir, metrics, data_dir, Path(built))
+        text = render_text(metrics, forward, bool(data_dir), notes)
+        return typeset(text, Path(out or submission_dir / REPORT), name, roll_number, metrics,
+                       {"results": submission_dir / RESULTS, "built": Path(built)})
 
 
-def input_digests(folder):
-    """{name: sha256, or None where the file is missing} of every input of folder's Report.pdf, each named relative
-    to the submission folder where it lies in it, else to the repository (the report's text and builder, for a
-    submission made elsewhere)."""
-    def name(path):
-        path = Path(path).resolve()
-        base = Path(folder).resolve() if path.is_relative_to(Path(folder).resolve()) else ROOT
-        return path.relative_to(base).as_posix()
-    return {name(p): sha256(p) if p.is_file() else None
-            for p in input_files(in_submission(folder, RESULTS), in_submission(folder, NOTES))}
-
-
-def forward_from_photo(data_dir, class_name, cfg, folder):
-    """The forward-process figure of the first photo of `class_name` in data_dir, drawn by the script's `forward`
-    command into `folder`; returns what the report says about it, with the x_T statistics the command prints."""
-    command = [sys.executable, str(ROOT / "rollNumber_05.py"), "forward", "--data-dir", str(data_dir),
-               "--class-name", class_name, "--image-size", str(cfg["image_size"]), "--timesteps",
-               str(cfg["timesteps"]), "--out", str(Path(folder) / FORWARD_FIGURE)]
-    run = subprocess.run(command, capture_output=True, text=True)
-    stats = re.search(r"x_T has mean (\S+) and std (\S+)", run.stderr)
-    if run.returncode or not stats:
-        raise ReportError(f"the forward-process figure from {data_dir} failed: {run.stderr.strip()[-300:]}")
-    return {"image": f"the first {class_name} photo of the training data",
-            "x_T_mean": float(stats.group(1)), "x_T_std": float(stats.group(2).rstrip(";,."))}
-
-
-def photo_grid(data_dir, classes, size, path, per_class=10):
-    """The first photos of each class, short side resized and centre-cropped to the training size as in training:
-    the data as the model sees it."""
-    matplotlib.use("Agg")  # files only: works headless and on every OS
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class, len(classes)), squeeze=False)
-    for row, name in zip(axes, classes):
-        if not (Path(data_dir) / name).is_dir():
-            raise ReportError(f"--data-dir {data_dir} has no folder {name}, a class of this run")
-        files = sorted(f for f in (Path(data_dir) / name).iterdir()
-                       if f.suffix.lower() in PHOTO_SUFFIXES and not f.name.startswith("."))
-        for ax, file in zip(row, files):
-            with PILImage.open(file) as img:
-                ax.imshow(ImageOps.fit(ImageOps.exif_transpose(img).convert("RGB"), (size, size),
-                                       method=PILImage.Resampling.BICUBIC))
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.spines[:].set_visible(False)
-        row[0].set_ylabel(name, fontsize=10)
-    fig.tight_layout(pad=0.3)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def forward_from_results(metrics):
-    """What the report says about the committed forward-process figure, which noises a generated image."""
-    return {"image": "a sample of the trained model",
-            "x_T_mean": metrics["x_T_mean"], "x_T_std": metrics["x_T_std"]}
-
-
-def build(out=DEFAULT_OUT, name="[Your Name]", roll_number="[Roll Number]", results_dir=None, data_dir=None,
-          notes=None):
-    """Writes the PDF to `out` from results_dir (default: results/) and the student's notes (default: notes.md
-    beside results_dir, in the same submission folder); with data_dir, the forward-process figure noises a
-    training photo instead and the photos/ figures are drawn. Returns the number of pages."""
-    results_dir = Path(results_dir or RESULTS)
-    notes = read_notes(notes or results_dir.parent / NOTES.name)
-    data = load_results(results_dir)
-    metrics = data["metrics"]
-    with tempfile.TemporaryDirectory() as folder:
-        if data_dir:
-            # a copy of the results in which the photo's figure stands in for the committed one
-            results_dir = shutil.copytree(results_dir, Path(folder) / "results")
-            data["forward"] = forward_from_photo(data_dir, metrics["classes"][0], metrics["config"], results_dir)
-            photo_grid(data_dir, metrics["classes"], metrics["config"]["image_size"],
-                       results_dir / PHOTO_FIGURES / "training_data.png")
-        else:
-            data["forward"] = forward_from_results(metrics)
-        return typeset(out, name, roll_number, data, notes, results_dir, photos=bool(data_dir))
-
-
-def typeset(out, name, roll_number, data, notes, results_dir, photos):
-    """Writes the PDF to `out` from the report's source, the values in `data`, the student's `notes` and the
-    figures in results_dir; the photos/ figures only if `photos`."""
-    lines = join_directives(with_notes(fill_in(SOURCE.read_text(encoding="utf-8").splitlines(), data), notes))
-    lines = lines if photos else without_photo_figures(lines)
+def typeset(text, out, name, roll_number, metrics, folders):
+    """Writes the PDF to `out` from the filled-in markdown and the figures in `folders`."""
+    lines = join_directives(text.splitlines())
     refs = number_labels(lines)
     register_fonts()
     styles = make_styles()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + ".part")  # a failed build leaves no half-written PDF under the real name
     doc = ReportDoc(part, author=name)
@@ -830,9 +549,9 @@ def typeset(out, name, roll_number, data, notes, results_dir, photos):
                                tableStyle=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
                                            ("RIGHTPADDING", (0, 0), (-1, -1), 0), ("TOPPADDING", (0, 0), (-1, -1), 1),
                                            ("BOTTOMPADDING", (0, 0), (-1, -1), 1)])  # short enough for the title page
-    story = title_page(name, roll_number, data, styles) + [  # the contents share the title page
+    story = title_page(name, roll_number, metrics, styles) + [  # the contents share the title page
         Paragraph("Contents", styles["h1"]), contents, NextPageTemplate("page"), PageBreak()]
-    story += blocks_to_flowables(lines, refs, styles, doc.width, results_dir)
+    story += blocks_to_flowables(lines, refs, styles, doc.width, folders)
     try:
         doc.multiBuild(story)
         os.replace(part, out)
@@ -841,36 +560,49 @@ def typeset(out, name, roll_number, data, notes, results_dir, photos):
     return doc.page
 
 
-def write_built_from(folder=ROOT):
-    """folder/report/built_from.json: what folder/Report.pdf was built from."""
-    record = {"results_sha256": sha256(in_submission(folder, RESULTS) / "metrics.json"),
-              "inputs": input_digests(folder), "report_sha256": sha256(in_submission(folder, DEFAULT_OUT))}
-    path = in_submission(folder, BUILT_FROM)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+def input_digests(submission_dir):
+    """{name: sha256, or None where missing} of every input of submission_dir's Report.pdf: the template, the
+    builder and the figure code, the model, the results and the notes, each named relative to the submission folder
+    where it lies in it, else to the repository."""
+    folder = Path(submission_dir).resolve()
+    inputs = [SOURCE, Path(__file__), Path(figures.__file__), Path(ddpm.__file__), folder / MODEL, folder / NOTES,
+              *sorted((folder / RESULTS).glob("*.png")), folder / RESULTS / "metrics.json"]
+
+    def name(path):
+        path = Path(path).resolve()
+        return path.relative_to(folder if path.is_relative_to(folder) else ROOT).as_posix()
+    return {name(p): sha256(p) if Path(p).is_file() else None for p in inputs}
+
+
+def write_built_from(submission_dir):
+    """submission_dir/report/built_from.json: what its Report.pdf was built from."""
+    folder = Path(submission_dir)
+    record = {"results_sha256": sha256(folder / RESULTS / "metrics.json"), "inputs": input_digests(folder),
+              "report_sha256": sha256(folder / REPORT)}
+    (folder / BUILT_FROM).parent.mkdir(parents=True, exist_ok=True)
+    (folder / BUILT_FROM).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--submission-dir", type=Path, default=ROOT, help="the submission folder: results/ and "
-                                                                          "notes.md are read from it (default: the "
-                                                                          "repository root)")
+    parser.add_argument("--submission-dir", type=Path, default=ROOT, help="the submission folder: its model, "
+                                                                          "results/ and notes.md are read "
+                                                                          "(default: the repository root)")
     parser.add_argument("--name", default="[Your Name]", help="name on the title page (default: %(default)s)")
     parser.add_argument("--roll-number", default="[Roll Number]", help="roll number on the title page "
                                                                        "(default: %(default)s)")
     parser.add_argument("--out", type=Path, help="PDF to write (default: Report.pdf in the submission folder)")
-    parser.add_argument("--data-dir", type=Path, help="the training data: the forward-process figure then noises "
-                                                      "a real photo (needs --out)")
+    parser.add_argument("--data-dir", type=Path, help="the training photos: the report then shows them (needs "
+                                                      "--out)")
     args = parser.parse_args(argv)
-    own_report = in_submission(args.submission_dir, DEFAULT_OUT)
+    own_report = args.submission_dir / REPORT
     out = args.out or own_report
     if args.data_dir and out.resolve() == own_report.resolve():
-        parser.error(f"--data-dir puts a training photo into the PDF, and {own_report} must not hold one: give "
+        parser.error(f"--data-dir puts the training photos into the PDF, and {own_report} must not hold them: give "
                      f"--out PATH for a copy elsewhere (e.g. under dist/)")
     try:
-        pages = build(out, args.name, args.roll_number, in_submission(args.submission_dir, RESULTS), args.data_dir,
-                      in_submission(args.submission_dir, NOTES))
-    except ReportError as err:
+        pages = build(args.submission_dir, out, args.name, args.roll_number, args.data_dir)
+    except (ReportError, ddpm.UserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if out.resolve() == own_report.resolve():

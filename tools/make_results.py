@@ -1,9 +1,11 @@
 """The figures of the report, drawn from a submission's chosen model and runs (tools/make_submission.py calls these).
 
 Each function draws one figure into `out` (a results/ folder) and returns the numbers the report quotes beside it.
-Figures hold generated images only: the dataset's photos have an unknown licence and stay out of the repository
-(the report builder draws the photo figures at build time, into the zip's copy of the report).
+Figures kept in results/ hold generated images only: the dataset's photos have an unknown licence and stay out of
+the repository. The report builder draws the figures that show photos (training_photos, nearest_neighbours with
+show_photos, the forward process of a photo) at build time, into a student's own report only.
 """
+import hashlib
 import json
 import math
 import sys
@@ -16,6 +18,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import rollNumber_05 as ddpm  # noqa: E402
+
+
+def sha256(path):
+    """The file's fingerprint: how the packager and the report tie a model, its results and its report together."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def timed_samples(model, schedule, cfg, noise, labels, sampler, steps=50, guidance=ddpm.DEFAULT_GUIDANCE, seed=0):
@@ -87,33 +94,60 @@ def guidance_comparison(model, schedule, cfg, out, seed, scales):
                     "classifier-free guidance scale, same noise (DDIM 50), one class per column")
 
 
-def nearest_neighbours(model, schedule, cfg, images, out, seed, count=8):
+def nearest_neighbours(model, schedule, cfg, images, out, seed, count=8, show_photos=False):
     """nearest_neighbours.png: `count` samples with the distance to their nearest (d1) and second-nearest (d2)
-    training photo. (The photos themselves are not drawn: their licence is unknown.)"""
+    training photo; with show_photos, those two photos below each sample (only in a student's own report: the
+    photos' licence keeps them out of the repository)."""
     samples, _ = timed_samples(model, schedule, cfg, ddpm.seeded_noise(count, cfg.image_size, seed),
                                ddpm.class_labels(cfg, count), "ddim", 50, seed=seed)
-    distances, _ = ddpm.nearest_training_images(samples, images)
+    distances, indices = ddpm.nearest_training_images(samples, images)
+    rows = [samples] + ([images[indices[:, 0]], images[indices[:, 1]]] if show_photos else [])
     plt = ddpm.pyplot()
-    fig, axes = plt.subplots(1, count, figsize=(1.6 * count, 2.0), squeeze=False)
-    for ax, sample, (d1, d2) in zip(axes[0], samples, distances.tolist()):
-        ax.imshow(ddpm.to_display(sample))
-        ax.set_title(f"d1={d1:.2f}\nd2={d2:.2f}", fontsize=8)
-        ax.axis("off")
-    ddpm.save_figure(fig, out / "nearest_neighbours.png")
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.6 * count, 1.7 * len(rows) + 0.3), squeeze=False)
+    for row, name in zip(axes, ["sample", "nearest photo", "second nearest"]):
+        row[0].text(-0.1, 0.5, name, transform=row[0].transAxes, rotation=90, ha="right", va="center", fontsize=8)
+    for col, (d1, d2) in enumerate(distances.tolist()):
+        axes[0, col].set_title(f"d1={d1:.2f}\nd2={d2:.2f}", fontsize=8)
+        for row, images_of_row in zip(axes, rows):
+            row[col].imshow(ddpm.to_display(images_of_row[col]))
+            row[col].axis("off")
+    ddpm.save_figure(fig, Path(out) / "nearest_neighbours.png")
 
 
-def reverse_and_forward(model, schedule, cfg, out, seed):
-    """reverse_process.png: one DDPM trajectory of the first class; forward_process.png: that generated image
-    noised again (the report builder redraws it from a real photo where it is given the data)."""
-    image, trajectory = ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(1, cfg.image_size, seed), "ddpm",
-                                                 labels=ddpm.class_labels(cfg, 1), guidance=ddpm.guidance_for(cfg),
-                                                 seed=seed, return_trajectory=True)
-    ddpm.plot_trajectory(trajectory, out / "reverse_process.png",
+def training_photos(images, labels, classes, path, per_class=10):
+    """The first photos of each class as the model sees them (resized, cropped, in [-1, 1]), one row per class."""
+    plt = ddpm.pyplot()
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class, len(classes)), squeeze=False)
+    for k, (row, name) in enumerate(zip(axes, classes)):
+        for ax, image in zip(row, images[labels == k][:per_class]):
+            ax.imshow(ddpm.to_display(image))
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+        row[0].set_ylabel(name, fontsize=10)
+    ddpm.save_figure(fig, path)
+
+
+def loss_by_t(curves, path):
+    """The plain noise error against t (log scale), one line per model: {name: {t: loss}} as evaluate measures it."""
+    plt = ddpm.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, per_t in curves.items():
+        ts = sorted(per_t, key=int)
+        ax.plot([int(t) for t in ts], [per_t[t] for t in ts], "o-", label=name)
+    ax.set(xlabel="t", ylabel="noise error (plain, fixed noise)", yscale="log", title="denoising loss by t")
+    ax.legend(fontsize=8)
+    ddpm.save_figure(fig, path)
+
+
+def reverse_process(model, schedule, cfg, out, seed):
+    """reverse_process.png: one DDPM trajectory of the first class, noise to image."""
+    _, trajectory = ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(1, cfg.image_size, seed), "ddpm",
+                                             labels=ddpm.class_labels(cfg, 1), guidance=ddpm.guidance_for(cfg),
+                                             seed=seed, return_trajectory=True)
+    ddpm.plot_trajectory(trajectory, Path(out) / "reverse_process.png",
                          f"reverse process of a {cfg.classes[0]} sample: x_T (noise) to x_0, DDPM")
-    snapshots = ddpm.plot_forward_process(ddpm.NoiseSchedule(cfg.timesteps), image[0],
-                                          out / "forward_process.png", seed)
-    x_T = snapshots[cfg.timesteps]
-    return {"x_T_mean": float(x_T.mean()), "x_T_std": float(x_T.std())}
 
 
 def checkpoint_choice(checkpoints, targets, chosen_step, path):

@@ -6,11 +6,13 @@
 DIR (default: this repository) receives saved_models/ddpm_animals.pt, results/, notes.md, Report.pdf and
 dist/NAME_ROLL_04.zip; the runs go to DIR/runs/submission/. The stages, in order:
 
-  train       the main model through the profile's whole schedule, keeping a checkpoint every tenth of it
-  lr          the learning-rate experiment: the same recipe, shortened, at three peak rates
+  lr          the learning-rate experiment: the profile's recipe, shortened, at three peak rates
+  lr-results  each learning-rate run's loss and final model, tested as the checkpoints are, and the rate picked:
+              the default unless another is clearly better (pick_lr)
+  train       the main model at the picked rate through the profile's whole schedule, keeping a checkpoint every
+              tenth of it
   evaluate    every checkpoint of the full-resolution phase: novelty, copy share, asked-class share, loss
   choose      the latest checkpoint that meets the targets (or the nearest) -> DIR/saved_models/ddpm_animals.pt
-  lr-results  each learning-rate run's loss and final model, tested as the checkpoints are
   results     every figure and number of the report -> DIR/results/
   report      DIR/notes.md (one blank per section, for your own reading) and DIR/Report.pdf
   package     the zip (tools/package_submission.py), once notes.md has no blank left
@@ -53,6 +55,12 @@ TARGETS = {"asked_class_share": 0.9, "novelty": 0.75, "copy_share": 0.4}
 AT_MOST = {"copy_share"}  # the other targets are lower bounds
 TARGET_NAMES = {"asked_class_share": "asked class", "novelty": "novelty", "copy_share": "copies"}
 GUIDANCE_SCALES = (1.0, 2.0, 3.0, 5.0)
+# Another learning rate replaces the default only if its loss is this much lower: the default is the rate the recipe
+# was tested at through its whole schedule, and a small lead after a shortened run need not last that long.
+PICK_MARGIN = 0.1
+# Predicting no noise at all scores 1.0 (the noise's variance) at every t: a run above half of that has not learnt
+# to denoise, although its losses stayed finite (it collapsed).
+COLLAPSE_LOSS = 0.5
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,7 @@ class Plan:
     """Everything the stages need: the student's choices, the profile and the numbers derived from the data."""
     args: argparse.Namespace
     profile: Profile
-    cfg: ddpm.Config       # the main run's settings, as `train` will see them
+    cfg: ddpm.Config       # the main run's settings, as `train` will see them (lr: the default until picked)
     photos_per_class: list
     seed: int
 
@@ -142,8 +150,9 @@ class Plan:
 
     @property
     def main_settings(self):
-        """The main run's `train` flags: every checkpoint kept, for the choice after training."""
-        return self.train_settings(save_every=self.save_every, keep_checkpoints=0)
+        """The main run's `train` flags: its learning rate, and every checkpoint kept for the choice after
+        training."""
+        return self.train_settings(lr=self.cfg.lr, save_every=self.save_every, keep_checkpoints=0)
 
     def train_command(self, out_dir, settings):
         return [sys.executable, str(SCRIPT), "train", "--data-dir", str(self.args.data_dir), "--classes",
@@ -169,6 +178,7 @@ def make_plan(args):
     photos_per_class = [int((data.labels == k).sum()) for k in range(len(data.class_names))]
     cfg = dataclasses.replace(cfg, classes=data.class_names, num_classes=len(data.class_names))
     ddpm.check_image_size(cfg)
+    assert cfg.lr in profile.lr_rates, "the learning-rate runs must try the default rate, to compare with it"
     return Plan(args, profile, cfg, photos_per_class, seed_from(args.roll_number))
 
 
@@ -220,10 +230,9 @@ def estimate(plan):
                 "lr": len(profile.lr_rates) * (profile.lr_eval_samples * 50 + loss_grid),
                 "results": cfg.timesteps * (1 + cfg.num_classes) + 50 * cfg.num_classes * (
                     2 * profile.figure_samples + len(GUIDANCE_SCALES) + 2) + 8 * 50,
-                "package": cfg.timesteps}  # the notebook's DDPM sample
-    return {"train": training(plan.total_steps),
-            "lr": len(profile.lr_rates) * training(plan.steps(profile.lr_epochs)) + sampling["lr"] * per_image,
-            "evaluate": sampling["evaluate"] * per_image, "choose": 1,
+                "package": 50 * cfg.num_classes}  # the notebook: one DDIM-50 sample per class
+    return {"lr": len(profile.lr_rates) * training(plan.steps(profile.lr_epochs)) + sampling["lr"] * per_image,
+            "train": training(plan.total_steps), "evaluate": sampling["evaluate"] * per_image, "choose": 1,
             "results": sampling["results"] * per_image, "report": 30,
             "package": sampling["package"] * per_image + 60}
 
@@ -231,8 +240,9 @@ def estimate(plan):
 def print_plan(plan, seconds, done):
     cfg = plan.cfg
     print(f"plan: {', '.join(cfg.classes)} ({sum(plan.photos_per_class)} photos), profile {plan.args.profile} on "
-          f"{plan.profile.device}, {cfg.image_size} px, {plan.total_steps:,} steps of {cfg.batch_size}, seed "
-          f"{plan.seed} (from the roll number) -> {plan.args.out_dir}", file=sys.stderr)
+          f"{plan.profile.device}, {cfg.image_size} px, {plan.total_steps:,} steps of {cfg.batch_size} at the rate the "
+          f"lr runs pick (default {figures.lr_label(cfg.lr)}), seed {plan.seed} (from the roll number) -> "
+          f"{plan.args.out_dir}", file=sys.stderr)
     for name, s in seconds.items():
         state = "done, skipped" if name in done else f"about {ddpm.format_seconds(s)}"
         print(f"  {name:9s} {state}", file=sys.stderr)
@@ -326,14 +336,26 @@ def evaluated_steps(plan):
                   if int(p.stem.split("_")[1]) > first)
 
 
+def loss_past_t1(loss_per_t):
+    """The mean denoising loss over the t > 1 of evaluate's grid. At t = 1 the added noise is 1% of the image and
+    cannot be told from it, so every model scores about 1.0 there: that one term is about 88% of evaluate's mean
+    and would hide how much better one model denoises than another. (Keys may be strings, as read from JSON.)"""
+    past = [loss for t, loss in loss_per_t.items() if int(t) > 1]
+    return sum(past) / len(past)
+
+
 def evaluate_checkpoint(plan, path, num_samples, out_json):
-    """`evaluate`'s numbers for one checkpoint, at the guidance `sample` and the notebook use; kept in a JSON file
-    so a rerun does not sample again."""
+    """`evaluate`'s numbers for one checkpoint, at the guidance `sample` and the notebook use, with its loss past
+    t = 1; kept in a JSON file so a rerun does not sample again."""
     if out_json.is_file():
-        return json.loads(out_json.read_text())
-    with contextlib.redirect_stderr(io.StringIO()):  # the data's warnings were shown once, in the plan
-        result = ddpm.evaluate(path, plan.args.data_dir, out_json, plan.profile.device, num_samples, seed=plan.seed)
-    print(f"  {out_json.parent.parent.name} step {result['step']}: novelty {result['novelty']:.2f}, copies "
+        result = json.loads(out_json.read_text())
+    else:
+        with contextlib.redirect_stderr(io.StringIO()):  # the data's warnings were shown once, in the plan
+            result = ddpm.evaluate(path, plan.args.data_dir, out_json, plan.profile.device, num_samples,
+                                   seed=plan.seed)
+    result["denoising_loss_past_t1"] = loss_past_t1(result["denoising_loss_per_t"])
+    print(f"  {out_json.parent.parent.name} step {result['step']}: loss past t = 1 "
+          f"{result['denoising_loss_past_t1']:.4f}, novelty {result['novelty']:.2f}, copies "
           f"{result['copy_share']:.0%}, asked class {result['asked_class_share']:.0%}", file=sys.stderr)
     return result
 
@@ -372,11 +394,9 @@ def choose_checkpoint(results, targets=TARGETS):
 
 
 def export_model(checkpoint, path):
-    """The chosen checkpoint's EMA weights in float16 with its config and class names: what `sample` and the
-    notebook load, the same form as the model.pt a run writes."""
+    """The chosen checkpoint as the model.pt a run writes: what `sample` and the notebook load."""
     payload = ddpm.load_checkpoint(checkpoint)
-    ddpm.save_atomically({"config": payload["config"], "class_names": payload["class_names"], "step": payload["step"],
-                          "ema": {k: v.half() for k, v in payload["ema"].items()}}, path)
+    ddpm.save_model(payload["config"], payload["class_names"], payload["step"], payload["ema"], path)
 
 
 def choose(plan, results):
@@ -387,24 +407,54 @@ def choose(plan, results):
     print(f"  chosen: step {chosen['step']}" + (f", missing {'; '.join(missed)}" if missed else ", meets every target"),
           file=sys.stderr)
     return {"step": chosen["step"], "meets_targets": not missed, "misses": missed,
-            "is_last": chosen["step"] == plan.total_steps, "model_sha256": sha256(model_path)}
+            "is_last": chosen["step"] == plan.total_steps, "model_sha256": figures.sha256(model_path)}
 
 
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def failure(diverged, loss_past_t1):
+    """Why a learning-rate run failed, or None: "diverged" (stopped by non-finite losses) or "collapsed" (finite
+    losses, but it denoises little better than predicting no noise)."""
+    if diverged:
+        return "diverged"
+    return "collapsed" if loss_past_t1 > COLLAPSE_LOSS else None
+
+
+def pick_lr(runs, default_lr, margin=PICK_MARGIN):
+    """The main model's learning rate: the default unless another run's loss past t = 1 is at least `margin` lower
+    and its asked-class share no lower (then the lowest such loss). A failed run is never picked; if the default's
+    run failed, the lowest loss of the others; if every run failed, the default."""
+    candidates = [r for r in runs if not r["failed"]]
+    default = next((r for r in candidates if r["lr"] == default_lr), None)
+    if default is not None:  # then only a clearly better rate replaces it
+        loss, share = default["denoising_loss_past_t1"], default["asked_class_share"]
+        candidates = [r for r in candidates
+                      if r["denoising_loss_past_t1"] <= (1 - margin) * loss and r["asked_class_share"] >= share]
+    return min(candidates, key=lambda r: r["denoising_loss_past_t1"])["lr"] if candidates else default_lr
 
 
 def lr_results(plan, diverged):
-    """Each learning-rate run in numbers: its loss, and its final model's novelty and class share."""
+    """Each learning-rate run in numbers (its loss, its final model's loss past t = 1, novelty and class share,
+    whether it failed) and the rate picked for the main model."""
     runs = []
     for lr, folder, _ in plan.lr_runs:
-        run = {"lr": lr, "label": figures.lr_label(lr), "is_default": lr == plan.cfg.lr, "diverged": lr in diverged,
+        run = {"lr": lr, "label": figures.lr_label(lr), "is_default": lr == plan.cfg.lr,
                **figures.lr_run_summary(folder)}
-        keys = ("denoising_loss", "novelty", "copy_share", "asked_class_share")
-        evaluation = None if run["diverged"] else evaluate_checkpoint(
+        keys = ("denoising_loss", "novelty", "copy_share", "asked_class_share", "denoising_loss_per_t",
+                "denoising_loss_past_t1")
+        evaluation = None if lr in diverged else evaluate_checkpoint(
             plan, folder / "model.pt", plan.profile.lr_eval_samples, folder / "evals" / "model.json")
-        runs.append({**run, **{k: evaluation[k] if evaluation else None for k in keys}})
-    return {"epochs": plan.profile.lr_epochs, "runs": runs}
+        run.update({k: evaluation[k] if evaluation else None for k in keys})
+        run["failed"] = failure(lr in diverged, run["denoising_loss_past_t1"])
+        run["diverged"] = run["failed"] == "diverged"
+        runs.append(run)
+    picked = pick_lr(runs, plan.cfg.lr)
+    all_failed = all(r["failed"] for r in runs)
+    print(f"  the main model trains at lr {figures.lr_label(picked)}"
+          + (" (the default)" if picked == plan.cfg.lr else f" (the default: {figures.lr_label(plan.cfg.lr)})")
+          + ("; every learning-rate run failed" if all_failed else ""), file=sys.stderr)
+    return {"epochs": plan.profile.lr_epochs, "runs": runs,
+            "default_lr": plan.cfg.lr, "default_label": figures.lr_label(plan.cfg.lr),
+            "picked_lr": picked, "picked_label": figures.lr_label(picked),
+            "pick_margin": PICK_MARGIN, "collapse_loss": COLLAPSE_LOSS, "all_failed": all_failed}
 
 
 def training_summary(plan):
@@ -427,7 +477,7 @@ def make_results(plan, checkpoints, chosen, lr_sweep, stages):
     figures.checkpoint_choice(checkpoints, TARGETS, chosen["step"], out / "checkpoints.png")
     figures.lr_sweep([(lr, folder) for lr, folder, _ in plan.lr_runs], out)
     figures.per_class_samples(model, schedule, cfg, out, plan.profile.figure_samples, seed)
-    forward = figures.reverse_and_forward(model, schedule, cfg, out, seed)
+    figures.reverse_process(model, schedule, cfg, out, seed)
     sampling_seconds = figures.sampler_comparison(model, schedule, cfg, out, seed)
     figures.guidance_comparison(model, schedule, cfg, out, seed, GUIDANCE_SCALES)
     figures.nearest_neighbours(model, schedule, cfg, images, out, seed)
@@ -441,13 +491,13 @@ def make_results(plan, checkpoints, chosen, lr_sweep, stages):
         "data": {"train_images": len(images), "photos_per_class": plan.photos_per_class,
                  "images_per_class_asked": cfg.images_per_class},
         "training": training_summary(plan), "targets": TARGETS,
-        "checkpoints": [{k: r[k] for k in ("step", "denoising_loss", "novelty", "copy_share", "asked_class_share",
-                                           "memorisation_rate", "nearest_photos_distinct")}
+        "checkpoints": [{k: r[k] for k in ("step", "denoising_loss", "denoising_loss_past_t1", "novelty", "copy_share",
+                                           "asked_class_share", "memorisation_rate", "nearest_photos_distinct")}
                         | {"meets_targets": not misses(r)} for r in checkpoints],
         "chosen": {k: v for k, v in chosen.items() if k != "model_sha256"},
         "evaluation": {k: v for k, v in evaluation.items() if k != "checkpoint"},
         "lr_sweep": lr_sweep, "sampling_seconds": sampling_seconds, "sampling_device": figures.device_name(model),
-        "guidance_scales": list(GUIDANCE_SCALES), **forward}
+        "guidance_scales": list(GUIDANCE_SCALES)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
@@ -508,24 +558,32 @@ def parse_args(argv=None):
     return args
 
 
+def refuse_other_runs(plan, stages, name, record):
+    """Stops before a stage whose runs here were started with other data or settings: they would mix."""
+    if stages.started_otherwise(name, record):
+        raise StageError(f"{plan.runs} holds runs made with other classes, photos or settings; use another "
+                         f"--out-dir, or delete {plan.runs} to start again")
+
+
 def make_submission(args):
     plan = make_plan(args)
     stages = Stages(plan.runs / "stages.json")
     data = {"classes": plan.cfg.classes, "photos": plan.photos_per_class, "data_dir": str(args.data_dir)}
-    main_record = {**data, "flags": plan.main_settings}
     lr_record = {**data, "flags": [settings for _, _, settings in plan.lr_runs]}
-    for name, record in (("train", main_record), ("lr", lr_record)):
-        if stages.started_otherwise(name, record):
-            raise StageError(f"{plan.runs} holds runs made with other classes, photos or settings; use another "
-                             f"--out-dir, or delete {plan.runs} to start again")
+    refuse_other_runs(plan, stages, "lr", lr_record)
     print_plan(plan, estimate(plan), [name for name, record in stages.done.items() if "result" in record])
-    stages.run("train", main_record, lambda: train_main(plan))
     diverged = stages.run("lr", lr_record, lambda: train_lr_runs(plan))
-    checkpoints = stages.run("evaluate", {"after": stages.done["train"]["settings"],
-                                          "samples": plan.profile.eval_samples}, lambda: evaluate_main(plan))
+    lr_sweep = stages.run("lr-results", {"after": lr_record, "pick_margin": PICK_MARGIN,
+                                         "collapse_loss": COLLAPSE_LOSS}, lambda: lr_results(plan, diverged))
+    # the main run's settings are known only now: they hold the picked rate
+    plan = dataclasses.replace(plan, cfg=dataclasses.replace(plan.cfg, lr=lr_sweep["picked_lr"]))
+    main_record = {**data, "flags": plan.main_settings}
+    refuse_other_runs(plan, stages, "train", main_record)
+    stages.run("train", main_record, lambda: train_main(plan))
+    checkpoints = stages.run("evaluate", {"after": main_record, "samples": plan.profile.eval_samples},
+                             lambda: evaluate_main(plan))
     chosen = stages.run("choose", {"checkpoints": checkpoints, "targets": TARGETS}, lambda: choose(plan, checkpoints),
                         args.out_dir / "saved_models" / "ddpm_animals.pt")
-    lr_sweep = stages.run("lr-results", {"after": stages.done["lr"]["settings"]}, lambda: lr_results(plan, diverged))
     stages.run("results", {"chosen": chosen, "lr": lr_sweep},
                lambda: make_results(plan, checkpoints, chosen, lr_sweep, stages), args.out_dir / "results" / "metrics.json")
     blanks = build_report(plan)

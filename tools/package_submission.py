@@ -3,42 +3,36 @@
     python tools/package_submission.py --first-name Ada --roll-number i21-0001 [--submission-dir DIR]
         [--data-dir PATH] [--out-dir dist] [--allow-blank-notes]
 
-The code (rollNumber_05.py, the notebook, the examiner's Readme, the tools) comes from the repository (--root). The
-student's own run comes from the submission folder DIR that tools/make_submission.py makes (default: the
-repository): its model saved_models/ddpm_animals.pt, results/metrics.json, Report.pdf with report/built_from.json,
-and notes.md, the student's reading of the results.
+The code (rollNumber_05.py, the notebook, the examiner's Readme) comes from the repository (--root). The student's
+own run comes from the submission folder DIR that tools/make_submission.py makes (default: the repository): its model
+saved_models/ddpm_animals.pt, results/ and notes.md, the student's reading of the results.
 
 The assignment text names the zip FirstName_RollNumber_04.zip and its folder FirstName_RollNumber_05; the zip
 follows the text, and --zip-number 05 changes its number. The folder holds exactly: ROLL_05.py (rollNumber_05.py,
 its mentions of its own name rewritten), ROLL_05_allCode.py (rebuilt for the new name by tools/build_allcode.py),
-test_single_sample.ipynb (importing ROLL_05, run in the staged folder and saved with its outputs), Report.pdf (name
-and roll number on the title page, by tools/make_report.py), Readme.txt (the examiner's, from
-report/Readme_submission.txt) and DIR's saved_models/.
+test_single_sample.ipynb (importing ROLL_05, run in the staged folder and saved with its outputs), Report.pdf (built
+anew by tools/make_report.py from DIR's results and notes, with the name and roll number on its title page and,
+given the dataset, the training photos in its figures), Readme.txt (the examiner's, report/Readme_submission.txt
+filled in with the run's classes, seed and command) and DIR's saved_models/.
 
 It refuses to build, listing every violation one per line and exiting 1, when a file is missing, the all-code file
-is stale, the repository root holds more than two Python files, the model, results/metrics.json and the report
-disagree on the classes or the run (each line names both files), notes.md has blank sections (--allow-blank-notes
-builds anyway, with a loud warning), the package would hold a dataset photo or name another diffusion
-implementation, the notebook fails in the package, or a name cannot stand in a file name. On success it prints a
+is stale, the repository root holds more than two Python files, the model and results/metrics.json disagree on the
+classes or the run (each line names both files), notes.md has blank sections (--allow-blank-notes builds anyway,
+with a loud warning), the package would hold a dataset photo or name another diffusion implementation, the report
+cannot be built, the notebook fails in the package, or a name cannot stand in a file name. On success it prints a
 checklist of the assignment's conventions.
 
 The submission's contract, which tools/make_submission.py writes: the model is a torch dict with "class_names";
-results/metrics.json has "classes" and "run": {"model_sha256": "<sha256 of the model>", ...}; every build of DIR's
-report writes DIR/report/built_from.json = {"results_sha256": "<sha256 of DIR/results/metrics.json>", ...}.
-
-The report builder's contract: `python tools/make_report.py --name NAME --roll-number ROLL --out PATH
---submission-dir DIR [--data-dir PATH]` writes DIR's report to PATH with NAME and ROLL on the title page, and
-make_report.blank_notes(DIR/notes.md) lists the titles of the sections still blank. --data-dir, passed where the
-builder has it and a dataset is found, lets the report show a real photo.
+results/metrics.json has "classes", "config", "chosen": {"step": ...} and "run": {"model_sha256": "<sha256 of the
+model>", "seed": ...}.
 """
 import argparse
 import ast
-import hashlib
+import dataclasses
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
-    import make_report  # reads notes.md; it needs reportlab
+    import jinja2
+    import make_report  # builds the report and reads notes.md; it needs reportlab
     import nbclient
     import nbformat
     import pypdf
@@ -58,6 +53,9 @@ except ImportError as missing:
     sys.exit(f"error: the packager needs {missing.name}: pip install -r requirements-dev.txt")
 
 import build_allcode as allcode  # noqa: E402
+import rollNumber_05 as ddpm  # noqa: E402
+from make_results import sha256  # noqa: E402
+from make_submission import as_flags  # noqa: E402
 
 ROOT = allcode.ROOT
 SCRIPT = allcode.SCRIPT_NAME
@@ -68,11 +66,6 @@ README_TEMPLATE = "report/Readme_submission.txt"  # the examiner's Readme; the r
 MODELS = "saved_models"
 MODEL = "saved_models/ddpm_animals.pt"  # the script's DEFAULT_CHECKPOINT, which the notebook loads
 REPORT = "Report.pdf"
-REPORT_PLACES = ("Report.pdf", "report/Report.pdf")  # where `python tools/make_report.py` may leave it
-REPORT_BUILDER = "tools/make_report.py"
-REPORT_FLAGS = ("--name", "--roll-number", "--out", "--submission-dir")
-REPORT_DATA_FLAG = "--data-dir"
-BUILT_FROM = "report/built_from.json"
 METRICS = "results/metrics.json"
 NOTES = "notes.md"
 MAKE_SUBMISSION = "tools/make_submission.py"
@@ -93,7 +86,7 @@ OTHER_IMPLEMENTATIONS = ("diffusers", "denoising_diffusion_pytorch", "UNet2DMode
 OTHER_IMPLEMENTATION = re.compile(
     r"(?<![a-z0-9])(" + "|".join(re.escape(name).replace("_", "[-_]?") for name in OTHER_IMPLEMENTATIONS)
     + r")(?![a-z0-9])", re.IGNORECASE)
-NOTEBOOK_TIMEOUT = 1800  # seconds per cell: all T DDPM steps on a slow CPU
+NOTEBOOK_TIMEOUT = 1800  # seconds per cell: every class's DDIM steps on a slow CPU, with room to spare
 OK, NOT_OK, NOT_CHECKED = "\u2713", "\u2717", "-"  # check mark, ballot x, and a dash for what could not be checked
 
 
@@ -127,10 +120,6 @@ class Submission:
     @property
     def zip_name(self):
         return f"{self.first_name}_{self.roll_number}_{self.zip_number}.zip"
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def default_dataset(root):
@@ -168,18 +157,12 @@ def name_violations(sub):
     return found
 
 
-def find_report(root):
-    return next((root / place for place in REPORT_PLACES if (root / place).is_file()), None)
-
-
 def missing_files(root, submission_dir):
     found = [f"missing file: {name}" for name in (SCRIPT, NOTEBOOK, README_TEMPLATE) if not (root / name).is_file()]
     if not (root / ALLCODE).is_file():
         found.append(f"missing file: {ALLCODE} (build it: python tools/build_allcode.py)")
     found += [f"missing file: {name} (make it: python {MAKE_SUBMISSION})" for name in (MODEL, METRICS)
               if not (submission_dir / name).is_file()]
-    if find_report(submission_dir) is None:
-        found.append(f"missing file: {' or '.join(REPORT_PLACES)} (make it: python {MAKE_SUBMISSION})")
     return found
 
 
@@ -243,29 +226,6 @@ def run_violations(submission_dir):
     return found
 
 
-def report_freshness_violations(submission_dir):
-    """The report must show the current results. report/built_from.json, written by the report builder, records
-    the hash of results/metrics.json it was built from; without it, fall back to comparing file times."""
-    report, built_from, metrics = find_report(submission_dir), submission_dir / BUILT_FROM, submission_dir / METRICS
-    if report is None or not metrics.is_file():
-        return []  # already listed as missing
-    name = report.relative_to(submission_dir)
-    if built_from.is_file():
-        recorded = read_json(built_from)
-        if not isinstance(recorded, dict) or "results_sha256" not in recorded:
-            return [f"{BUILT_FROM} is not a JSON object with results_sha256, so {name} cannot be matched with "
-                    f"{METRICS}: {REDO}"]
-        if recorded["results_sha256"] != sha256(metrics):
-            return [f"{name} was built from other results than {METRICS} ({BUILT_FROM} records another "
-                    f"sha256): {REDO}"]
-        return []
-    results = [path for path in (submission_dir / "results").rglob("*") if path.is_file()]
-    newest = max(results, key=lambda path: path.stat().st_mtime, default=None)
-    if newest and newest.stat().st_mtime > report.stat().st_mtime:
-        return [f"{name} is older than {newest.relative_to(submission_dir)}: {REDO}"]
-    return []
-
-
 def blank_notes_lines(submission_dir):
     """One line naming notes.md's blank sections (all of them where it is missing), or [] when every section holds
     the student's reading."""
@@ -287,6 +247,30 @@ def read_exact(path):
 def stage_renamed(root, folder, name, new_name, sub):
     """A text file copied with its mentions of rollNumber_05 renamed, and nothing else changed."""
     allcode.write(folder / new_name, allcode.rename_in_text(read_exact(root / name), sub.script))
+
+
+def train_command(metrics, script):
+    """The `train` command that made the model: every setting of the run that differs from the script's defaults
+    (the seed, the checkpoint interval, a profile's U-Net), with the data folder left as DATA."""
+    defaults = dataclasses.asdict(ddpm.Config())
+    changed = {key: value for key, value in metrics["config"].items()
+               if key in defaults and key not in ("data_dir", "classes", "num_classes") and value != defaults[key]}
+    return " ".join([f"python {script} train --data-dir DATA --classes {','.join(metrics['classes'])}",
+                     *as_flags(changed)])
+
+
+def stage_readme(root, submission_dir, folder, sub):
+    """The examiner's Readme: report/Readme_submission.txt filled in with the script's name and the run."""
+    metrics = read_json(submission_dir / METRICS)
+    template = jinja2.Template(read_exact(root / README_TEMPLATE), undefined=jinja2.StrictUndefined,
+                               keep_trailing_newline=True)
+    try:
+        text = template.render(script=sub.script, notebook=NOTEBOOK, classes=metrics["classes"],
+                               seed=metrics["run"]["seed"], step=metrics["chosen"]["step"],
+                               train_command=train_command(metrics, sub.script))
+    except (jinja2.UndefinedError, KeyError, TypeError) as error:
+        raise PackagingError(f"{README_TEMPLATE} cannot be filled in from {METRICS}: {error}; {REDO}") from None
+    allcode.write(folder / README, text)
 
 
 def stage_allcode(root, folder, sub):
@@ -331,12 +315,12 @@ def stage(root, submission_dir, folder, sub):
     """Everything but the report and the notebook's outputs, which take long: [violations]."""
     folder.mkdir(parents=True)
     stage_renamed(root, folder, SCRIPT, sub.script, sub)  # the script names itself in its usage lines
-    stage_renamed(root, folder, README_TEMPLATE, README, sub)
     shutil.copytree(submission_dir / MODELS, folder / MODELS, ignore=shutil.ignore_patterns(".*", "__pycache__"))
     found = []
-    for step in (stage_allcode, stage_notebook):
+    for step in (lambda: stage_readme(root, submission_dir, folder, sub), lambda: stage_allcode(root, folder, sub),
+                 lambda: stage_notebook(root, folder, sub)):
         try:
-            step(root, folder, sub)
+            step()
         except PackagingError as error:
             found.append(str(error))
     return found
@@ -411,39 +395,20 @@ def package_violations(folder, sub, photos):
 
 # The report ------------------------------------------------------------------------------------------------------
 
-def report_builder_takes(root, *flags):
-    """Whether tools/make_report.py exists and defines each flag (an argparse string "--flag")."""
-    builder = root / REPORT_BUILDER
-    return builder.is_file() and all(f'"{flag}"' in builder.read_text(encoding="utf-8") for flag in flags)
-
-
-def build_report(root, submission_dir, sub, out, data_dir):
-    """The submission's Report.pdf with the name and roll number filled in, by the report builder; given a dataset,
-    with a real photo where the builder can show one."""
-    command = [sys.executable, str(root / REPORT_BUILDER), "--name", sub.first_name, "--roll-number",
-               sub.roll_number, "--out", str(out), "--submission-dir", str(submission_dir)]
-    if data_dir and report_builder_takes(root, REPORT_DATA_FLAG):
-        command += [REPORT_DATA_FLAG, str(data_dir)]
-    print(f"building {REPORT}: {' '.join(command[1:])}", flush=True)
-    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
-    if done.returncode != 0 or not Path(out).is_file():
-        last = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
-        raise PackagingError(f"{REPORT_BUILDER} failed (exit {done.returncode}): {last}")
+def stage_report(submission_dir, folder, sub, data_dir):
+    """The zip's Report.pdf, always built anew from the run's results and notes: the name and roll number on its
+    title page and, given the dataset, the training photos in its figures."""
+    print(f"building {REPORT} for {sub.first_name} {sub.roll_number}" + (f" with the photos of {data_dir}" if data_dir
+                                                                         else ""), flush=True)
+    try:
+        make_report.build(submission_dir, folder / REPORT, sub.first_name, sub.roll_number, data_dir)
+    except (make_report.ReportError, ddpm.UserError) as error:
+        raise PackagingError(f"{REPORT} cannot be built: {error}") from None
 
 
 def warn_loudly(lines):
     bar = "!" * 100
     print("\n".join([bar, *(f"WARNING: {line}" for line in lines), bar]), file=sys.stderr)
-
-
-def stage_report(root, submission_dir, folder, sub, data_dir):
-    out = folder / REPORT
-    if report_builder_takes(root, *REPORT_FLAGS):
-        build_report(root, submission_dir, sub, out, data_dir)
-        return
-    warn_loudly([f"{REPORT_BUILDER} is missing or lacks {', '.join(REPORT_FLAGS)}.",
-                 f"{REPORT} is shipped UNCHANGED: your name and roll number are NOT on its title page."])
-    shutil.copy2(find_report(submission_dir), out)
 
 
 # The notebook ----------------------------------------------------------------------------------------------------
@@ -455,7 +420,7 @@ def run_notebook(folder):
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=NOTEBOOK_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(folder)}})
-    print(f"running {NOTEBOOK} in the package (all T denoising steps: a minute or so on a CPU)", flush=True)
+    print(f"running {NOTEBOOK} in the package (an animal of each class: under a minute on a CPU)", flush=True)
     start = time.monotonic()
     try:
         client.execute(env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # no __pycache__ in the package
@@ -620,7 +585,7 @@ def refuse(sub, violations):
 def stage_slow_parts(root, submission_dir, folder, sub, photos, data_dir):
     """The report and the notebook's run, each followed by the rules on what it added: ([violations], seconds the
     notebook took)."""
-    stage_report(root, submission_dir, folder, sub, data_dir)
+    stage_report(submission_dir, folder, sub, data_dir)
     violations = package_violations(folder, sub, photos)
     if violations:
         return violations, None  # refused before the notebook's minute
@@ -634,7 +599,7 @@ def package(root, sub, out_dir, data_dir=None, submission_dir=None, allow_blank_
     submission_dir = submission_dir or root
     names, missing = name_violations(sub), missing_files(root, submission_dir)
     violations = (names + missing + root_python_violations(root) + allcode_violations(root)
-                  + run_violations(submission_dir) + report_freshness_violations(submission_dir))
+                  + run_violations(submission_dir))
     blank_notes = blank_notes_lines(submission_dir)
     if allow_blank_notes and blank_notes:
         warn_loudly(blank_notes + ["--allow-blank-notes: the report ships with these sections BLANK."])
