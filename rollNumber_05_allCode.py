@@ -1247,7 +1247,7 @@ def plot_forward_process(schedule, x0, path, seed=0):
     steps = sorted({0, 50, *range(100, T + 1, 100), T} & set(range(T + 1)))
     snapshots = forward_chain(schedule, x0[None], set(steps), seed)
     spread = forward_spread(schedule, x0, snapshots)
-    fig = plt.figure(figsize=(1.4 * len(steps), 5.2))
+    fig = plt.figure(figsize=(max(1.4 * len(steps), 9), 5.2))  # wide enough for the panels below at small T
     grid = fig.add_gridspec(2, len(steps), height_ratios=[1, 1.6], hspace=0.45)
     for col, t in enumerate(steps):
         ax = fig.add_subplot(grid[0, col], title=f"t = {t}")

@@ -407,6 +407,16 @@ def test_a_decomposed_first_name_is_written_composed(repo, capsys, report_calls)
 
 # Refusals --------------------------------------------------------------------------------------------------------
 
+def test_refuses_metrics_that_cannot_fill_the_readme(repo, capsys):
+    metrics = json.loads((repo / packager.METRICS).read_text())
+    del metrics["chosen"]  # the format before the checkpoint choice was recorded
+    (repo / packager.METRICS).write_text(json.dumps(metrics))
+    lines, zipped = refusal(repo, capsys)
+    assert len(lines) == 1 and not zipped
+    assert lines[0].startswith(f"{packager.README_TEMPLATE} cannot be filled in from {packager.METRICS}")
+    assert lines[0].endswith(packager.REDO)
+
+
 def test_refuses_a_missing_file(repo, capsys):
     (repo / packager.README_TEMPLATE).unlink()
     lines, zipped = refusal(repo, capsys)
