@@ -170,10 +170,11 @@ def test_another_run_names_its_own_classes_space_and_all(tmp_path):
 def test_failed_learning_rates_are_listed_and_none_failing_is_said():
     metrics = synthetic_metrics(RUN_A)
     assert "Failed: 3e-3 (diverged)." in source_text(metrics)
-    assert "The learning rate 3e-3 failed (diverged" in source_text(metrics)
+    assert "A learning rate failed. 3e-3 (diverged) (section 3.1); the main model is trained at 1e-3." in \
+        source_text(metrics)
     metrics["lr_sweep"]["runs"][0] = lr_run(3e-3, "3e-3", False, False)
     text = source_text(metrics)
-    assert "No run failed" in text and "Failed:" not in text and "failed (" not in text
+    assert "No run failed" in text and "Failed:" not in text and "rate failed" not in text
 
 
 def picked(metrics, picked_lr, label, failed=(), all_failed=False):
@@ -198,7 +199,8 @@ def test_the_rate_of_the_main_model_is_said_with_the_rule_that_picked_it():
                                                                       "2e-4": "collapsed"}, all_failed=True))
     assert "Every run failed, so the main model keeps the default rate, 1e-3" in text
     assert "Failed: 3e-3 (diverged), 1e-3 (collapsed), 2e-4 (collapsed)." in text
-    assert "The learning rate 1e-3 failed (collapsed" in text
+    assert "Learning rates failed. 3e-3 (diverged), 1e-3 (collapsed), 2e-4 (collapsed) (section 3.1); the main " \
+           "model is trained at 1e-3, the default, since every run failed." in text
 
 
 def test_the_tables_give_the_loss_over_t_above_1_where_the_run_measured_it():
