@@ -161,7 +161,7 @@ def test_report_names_exactly_the_classes_of_its_run(report):
 
 def test_another_run_names_its_own_classes_space_and_all(tmp_path):
     folder = write_submission(tmp_path, synthetic_metrics(RUN_B))
-    make_report.build(folder, tmp_path / "Report.pdf")
+    make_report.build(folder, tmp_path / "Report.pdf", NAME, ROLL)
     text = report_text(tmp_path / "Report.pdf")
     assert named_animals(text) == set(RUN_B)
     assert "Snow Leopard" in text
@@ -340,7 +340,7 @@ def test_a_missing_metrics_key_stops_the_build_and_writes_no_pdf(tmp_path):
     del metrics["training"]["final_loss"]
     folder = write_submission(tmp_path, metrics)
     with pytest.raises(make_report.ReportError, match=r"report\.md line \d+: .*'final_loss'"):
-        make_report.build(folder, tmp_path / "Report.pdf")
+        make_report.build(folder, tmp_path / "Report.pdf", NAME, ROLL)
     assert not (tmp_path / "Report.pdf").exists()
 
 
@@ -434,6 +434,12 @@ def test_title_page_shows_the_name_and_roll_number(report):
     assert NAME in title and ROLL in title
 
 
+def test_the_name_and_roll_number_are_required(capsys):
+    with pytest.raises(SystemExit):
+        make_report.main(["--submission-dir", str(ROOT)])
+    assert "--name" in capsys.readouterr().err
+
+
 def test_numbers_come_from_the_results(report):
     text = report_text(report)
     assert "1,234,567" in text and "256,000" in text and "61.5 s" in text
@@ -452,7 +458,8 @@ def test_building_a_submission_records_its_inputs_in_its_folder(submission):
 
 def test_a_copy_built_elsewhere_is_not_recorded(submission, tmp_path):
     before = (submission / "report" / "built_from.json").read_text()
-    assert make_report.main(["--submission-dir", str(submission), "--out", str(tmp_path / "R.pdf")]) == 0
+    assert make_report.main(["--submission-dir", str(submission), "--out", str(tmp_path / "R.pdf"), "--name", NAME,
+                             "--roll-number", ROLL]) == 0
     assert (tmp_path / "R.pdf").is_file()
     assert (submission / "report" / "built_from.json").read_text() == before
 
@@ -464,7 +471,8 @@ def test_the_build_is_byte_for_byte_reproducible(submission, tmp_path):
 
 def test_a_report_with_photos_is_never_the_submission_copy(submission, capsys):
     with pytest.raises(SystemExit):
-        make_report.main(["--submission-dir", str(submission), "--data-dir", str(ROOT)])
+        make_report.main(["--submission-dir", str(submission), "--data-dir", str(ROOT), "--name", NAME,
+                          "--roll-number", ROLL])
     assert "--out" in capsys.readouterr().err
 
 
@@ -514,6 +522,11 @@ def test_the_report_built_with_the_data_shows_the_photos_and_the_plain_one_does_
 
 # The repository's own report --------------------------------------------------------------------------------------
 
+def test_committed_report_names_the_run_on_its_cover_not_a_placeholder():
+    title = pypdf.PdfReader(ROOT / make_report.REPORT).pages[0].extract_text()
+    assert "Example" in title and "00-0000" in title and "[" not in title
+
+
 def test_committed_report_is_current():
     """Report.pdf was built from the current results, model, notes, template and builder: rebuild with
     python tools/make_report.py."""
@@ -521,6 +534,7 @@ def test_committed_report_is_current():
     assert built_from["results_sha256"] == sha256(ROOT / "results" / "metrics.json")
     current = make_report.input_digests(ROOT)
     stale = [name for name, digest in built_from["inputs"].items() if current.get(name) != digest]
-    assert not stale, f"changed since Report.pdf was built: {stale}; run python tools/make_report.py"
+    assert not stale, (f"changed since Report.pdf was built: {stale}; run python tools/make_report.py --name "
+                       f"Example --roll-number 00-0000")
     assert set(built_from["inputs"]) == set(current)
     assert built_from["report_sha256"] == sha256(ROOT / make_report.REPORT)

@@ -1,7 +1,10 @@
 """Builds a submission's Report.pdf from the template report/report.md, its results/ and its notes.md.
 
-    python tools/make_report.py [--submission-dir DIR] [--name NAME] [--roll-number ROLL] [--out PATH]
+    python tools/make_report.py --name NAME --roll-number ROLL [--submission-dir DIR] [--out PATH]
                                 [--data-dir PATH]
+
+The repository's own Report.pdf: python tools/make_report.py --name Example --roll-number 00-0000 (the names of its
+run of tools/make_submission.py).
 
 A submission folder DIR (default: the repository root) holds what tools/make_submission.py made for the student's
 own classes: saved_models/ddpm_animals.pt, results/ (figures and metrics.json) and notes.md, the student's own
@@ -522,9 +525,9 @@ def load_metrics(submission_dir):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def build(submission_dir=ROOT, out=None, name="[Your Name]", roll_number="[Roll Number]", data_dir=None):
-    """Writes the report of submission_dir to `out` (default: its Report.pdf); with data_dir, the figures that show
-    the training photos too. Returns the number of pages."""
+def build(submission_dir, out, name, roll_number, data_dir=None):
+    """Writes the report of submission_dir to `out` (None: its Report.pdf), with the student's name and roll number
+    on the title page; with data_dir, the figures that show the training photos too. Returns the number of pages."""
     submission_dir = Path(submission_dir)
     metrics = load_metrics(submission_dir)
     notes = read_notes(submission_dir / NOTES)
@@ -587,9 +590,8 @@ def main(argv=None):
     parser.add_argument("--submission-dir", type=Path, default=ROOT, help="the submission folder: its model, "
                                                                           "results/ and notes.md are read "
                                                                           "(default: the repository root)")
-    parser.add_argument("--name", default="[Your Name]", help="name on the title page (default: %(default)s)")
-    parser.add_argument("--roll-number", default="[Roll Number]", help="roll number on the title page "
-                                                                       "(default: %(default)s)")
+    parser.add_argument("--name", required=True, help="the student's name, on the title page")
+    parser.add_argument("--roll-number", required=True, help="the student's roll number, on the title page")
     parser.add_argument("--out", type=Path, help="PDF to write (default: Report.pdf in the submission folder)")
     parser.add_argument("--data-dir", type=Path, help="the training photos: the report then shows them (needs "
                                                       "--out)")

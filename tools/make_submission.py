@@ -521,7 +521,8 @@ def build_report(plan):
     import make_report  # reportlab: only the report needs it
     notes = plan.args.out_dir / "notes.md"
     make_report.write_notes_template(notes)
-    run_tool(ROOT / "tools" / "make_report.py", "--submission-dir", plan.args.out_dir)
+    run_tool(ROOT / "tools" / "make_report.py", "--submission-dir", plan.args.out_dir, "--name", plan.args.first_name,
+             "--roll-number", plan.args.roll_number)
     return make_report.blank_notes(notes)
 
 
