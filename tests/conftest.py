@@ -118,7 +118,7 @@ def perturb_weights(model, seed=0, scale=0.2):
 
 
 def save_model_file(path, cfg, seed=0):
-    """A model.pt like export_model writes (config, class names, EMA weights), with random weights."""
+    """A model.pt like make_submission's choose writes (config, class names, EMA weights), with random weights."""
     torch.manual_seed(seed)
     model = perturb_weights(ddpm.UNet(cfg), seed)
     torch.save({"config": dataclasses.asdict(cfg), "class_names": list(cfg.classes), "step": 0,

@@ -98,20 +98,14 @@ def write_metrics(folder, classes=None, model_sha256=None):
                                                        "chosen": {"step": 8354}, "fid": 1.0}) + "\n")
 
 
-def rebuild_allcode(repo):
-    build_allcode.write(repo / packager.ALLCODE, build_allcode.build_text(repo))
-
-
 def copy_repo(dest):
-    """The files a submission is made from, a report and results of its own, a current all-code file, and an
-    empty dataset beside it."""
+    """The files a submission is made from, a report and results of its own, and an empty dataset beside it."""
     for name in COPIED:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
     (dest / "Report.pdf").write_bytes(tiny_pdf(["Results"], ["The forward process"]))
     write_metrics(dest)
     (dest / packager.NOTES).write_text("## The data\n\nFive classes, 100 photos each.\n")
-    rebuild_allcode(dest)
     (dest.parent / "shared" / "data" / "animals").mkdir(parents=True)
     return dest
 
@@ -134,10 +128,6 @@ def add_photo(repo, name="Cat/cat_01.jpeg", data=b"\xff\xd8\xff\xe0 a dataset ph
 def package(repo, *options, first=FIRST, roll=ROLL):
     return packager.main(["--first-name", first, "--roll-number", roll, "--root", str(repo), "--out-dir",
                           str(repo.parent / "dist"), *options])
-
-
-def checklist_items(out):
-    return [line for line in out.splitlines() if line[:1] in (packager.OK, packager.NOT_OK, packager.NOT_CHECKED)]
 
 
 def texts_of(folder):
@@ -297,12 +287,6 @@ def test_report_builder_is_asked_for_the_names_the_submission_and_the_dataset(bu
     assert data == built.repo.parent / "shared" / "data" / "animals"
 
 
-def test_checklist_ticks_every_convention(built):
-    items = checklist_items(built.out)
-    assert len(items) == 13 and all(line.startswith(packager.OK) for line in items), built.out
-    assert "Report.pdf present (2 pages" in built.out and "no copies of the 1 dataset photos" in built.out
-
-
 def test_one_line_points_out_the_04_and_05_of_the_assignment_text(built):
     [line] = [line for line in built.out.splitlines() if line.startswith("note:")]
     assert "_04.zip" in line and "_05/" in line and f"this zip is {ZIP}" in line and "--zip-number" in line
@@ -324,14 +308,18 @@ def test_identifier_roll_number_gets_a_plain_import(repo, capsys, report_calls):
 
 
 @pytest.mark.parametrize("dataset", ["missing", "empty"])
-def test_without_dataset_photos_the_checklist_says_not_checked(repo, capsys, report_calls, dataset):
+def test_without_dataset_photos_a_note_says_copies_were_not_checked(repo, capsys, report_calls, dataset):
     if dataset == "missing":
         shutil.rmtree(repo.parent / "shared")
     assert package(repo) == 0
     dataset_dir = repo.parent / "shared" / "data" / "animals"
     assert report_calls[0][4] == (None if dataset == "missing" else dataset_dir)  # the report shows photos only
-    [line] = [line for line in checklist_items(capsys.readouterr().out) if "dataset photos" in line]
-    assert line.startswith(packager.NOT_CHECKED) and "not checked" in line
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "dataset photos" in line]
+    assert line.startswith("note:") and "not checked" in line
+
+
+def test_with_dataset_photos_no_note_is_printed(built):
+    assert "dataset photos" not in built.out
 
 
 def test_a_given_data_dir_is_the_one_checked_for_copied_photos(repo, capsys, report_calls, tmp_path):
@@ -432,7 +420,7 @@ def test_other_implementations_are_matched_ignoring_case_and_separators():
 
 def add_markdown_cell(repo, text):
     notebook = json.loads((repo / NOTEBOOK).read_text())
-    notebook["cells"].append({"cell_type": "markdown", "metadata": {}, "source": [text]})
+    notebook["cells"].append({"cell_type": "markdown", "id": "added", "metadata": {}, "source": [text]})
     (repo / NOTEBOOK).write_text(json.dumps(notebook, indent=1))
 
 
@@ -443,7 +431,6 @@ def test_refuses_another_implementation_named_in_a_packed_file(repo, capsys, rep
     if where == "script":
         with open(repo / "rollNumber_05.py", "a") as f:
             f.write("# as in diffusers' UNet2DModel\n")
-        rebuild_allcode(repo)
     elif where == "notebook":
         add_markdown_cell(repo, "Compare with k-diffusion.")
     elif where == "readme":
@@ -465,35 +452,27 @@ def test_a_report_naming_another_implementation_is_refused_before_the_notebook_r
     assert runs == []
 
 
-def test_refuses_a_notebook_that_fails_in_the_package(repo, capsys, monkeypatch):
-    monkeypatch.undo()  # the real notebook run, on a notebook that fails at once
+@pytest.mark.parametrize("code, reason", [
+    ("raise ValueError('no animal today')", "fails when run in the package: ValueError: no animal today"),
+    ("print(DEFAULT_CHECKPOINT)", "shows no image when run in the package: it must draw the animals")])
+def test_refuses_a_notebook_that_fails_or_draws_nothing_in_the_package(repo, capsys, monkeypatch, code, reason):
+    monkeypatch.undo()  # the real notebook run, on a one-cell notebook
     stub_blank_notes(monkeypatch)
     stub_report(monkeypatch)
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "from rollNumber_05 import DEFAULT_CHECKPOINT\nraise ValueError('no animal today')")])
+        f"from rollNumber_05 import DEFAULT_CHECKPOINT\n{code}")])
     nbformat.write(notebook, repo / NOTEBOOK)
-    rebuild_allcode(repo)
     lines, zipped = refusal(repo, capsys)
-    assert lines == [f"{NOTEBOOK} fails when run in the package: ValueError: no animal today"] and not zipped
+    assert lines == [f"{NOTEBOOK} {reason}"] and not zipped
 
 
-def test_refuses_a_file_the_notebook_leaves_in_the_package(repo, capsys, monkeypatch, report_calls):
-    monkeypatch.setattr(packager, "run_notebook", lambda folder: (folder / "__pycache__").mkdir())
+@pytest.mark.parametrize("name", ["__pycache__", "scratch.py"])
+def test_refuses_a_file_the_notebook_leaves_in_the_package(repo, capsys, monkeypatch, report_calls, name):
+    """The zip's root holds exactly the two Python files and the rest of the submission."""
+    monkeypatch.setattr(packager, "run_notebook", lambda folder: shutil.copy(folder / SCRIPT, folder / name)
+                        if name.endswith(".py") else (folder / name).mkdir())
     lines, zipped = refusal(repo, capsys)
-    assert lines == ["not part of the submission, in the package: __pycache__"] and not zipped
-
-
-def test_refuses_a_stale_allcode_file(repo, capsys):
-    with open(repo / "rollNumber_05.py", "a") as f:
-        f.write("# a change after the all-code file was built\n")
-    lines, zipped = refusal(repo, capsys)
-    assert len(lines) == 1 and "rollNumber_05_allCode.py is stale" in lines[0] and not zipped
-
-
-def test_refuses_a_third_python_file_at_the_root(repo, capsys):
-    (repo / "scratch.py").write_text("x = 1\n")
-    lines, zipped = refusal(repo, capsys)
-    assert len(lines) == 1 and "3 Python files" in lines[0] and "scratch.py" in lines[0] and not zipped
+    assert lines == [f"not part of the submission, in the package: {name}"] and not zipped
 
 
 def test_refuses_a_jpeg_in_saved_models(repo, capsys, report_calls):
@@ -510,11 +489,11 @@ def test_refuses_a_renamed_copy_of_a_dataset_photo(repo, capsys, report_calls):
     assert not zipped
 
 
-def test_lists_every_violation_one_per_line(repo, capsys):
+def test_lists_every_violation_one_per_line(repo, capsys, monkeypatch):
     (repo / packager.MODEL).unlink()
-    (repo / "scratch.py").write_text("x = 1\n")
+    stub_blank_notes(monkeypatch, "The data")
     lines, _ = refusal(repo, capsys, roll="21 L")
-    assert [line.split(":")[0].split(" ")[0] for line in lines] == ["invalid", "missing", "3"]
+    assert [line.split(":")[0].split(" ")[0] for line in lines] == ["invalid", "missing", "notes.md"]
 
 
 # Model, results and report: one run ------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def synthetic_metrics(classes):
         "parameters": 1234567,
         "data": {"train_images": 20 * len(classes), "photos_per_class": [20] * len(classes),
                  "images_per_class_asked": 20},
-        "training": {"device": "cpu", "torch": "2.5.0", "parameters": 1234567, "processes": 1, "steps": 8000,
+        "training": {"device": "x86_64 cpu", "torch": "2.5.0", "parameters": 1234567, "processes": 1, "steps": 8000,
                      "images_seen": 256000, "passes": 2560.0, "train_seconds": 3000.0, "total_steps": 8000,
                      "low_res_steps": 4800, "final_loss": 0.0412, "final_loss_per_t_quarter": [0.11, 0.05, 0.02, 0.01]},
         "targets": targets,
@@ -122,12 +122,13 @@ def report_text(path):
 
 
 def source_text(metrics, notes=None, forward=FORWARD, photos=False):
-    """The report's filled-in markdown for these metrics, bold marks left out: what the PDF says, without
+    """The report's filled-in Typst markup for these metrics, strong marks left out: what the PDF says, without
     typesetting it."""
-    return " ".join(make_report.render_text(metrics, forward, photos, notes or {}).replace("**", "").split())
+    return " ".join(make_report.render_text(metrics, forward, photos, notes or {}).replace("*", "").split())
 
 
-FILLED_NOTE = "The third class lags because its photos are mostly close-ups."
+# a note may hold any of the characters that are markup in Typst: the report prints them as written
+FILLED_NOTE = "The third class lags, its photos being close-ups: *a*, snake_case, #3, $5, @me, <b>, [sic], ~, a/b = c."
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +211,7 @@ def test_the_tables_give_the_loss_over_t_above_1_where_the_run_measured_it():
         row["denoising_loss_past_t1"] = 0.0123
     text = source_text(metrics)
     assert text.count("denoising loss, t > 1") == 2 and "The tables therefore give its average over t > 1" in text
-    assert "| 1e-3 (default) | 2,000 | 0.0410 | 0.0123 |" in text
+    assert "[1e-3 (default)], [2,000], [0.0410], [0.0123]," in text
 
 
 def test_a_run_made_before_the_learning_rate_came_first_says_so():
@@ -326,12 +327,12 @@ def test_no_outcome_stops_the_build():
 
 
 def test_a_float_without_a_format_or_a_missing_key_stops_the_build_naming_the_line(tmp_path):
-    source = tmp_path / "report.md"
-    source.write_text("# A\n\n{{ metrics.x }}\n")
-    with pytest.raises(make_report.ReportError, match=r"report\.md line 3: the float 0\.5 needs a format"):
+    source = tmp_path / "report.typ"
+    source.write_text("= A\n\n{{ metrics.x }}\n")
+    with pytest.raises(make_report.ReportError, match=r"report\.typ line 3: the float 0\.5 needs a format"):
         make_report.render_text({"x": 0.5}, FORWARD, False, {}, source)
-    source.write_text("# A\n{{ metrics.nope|fmt('.2f') }}\n")
-    with pytest.raises(make_report.ReportError, match=r"report\.md line 2: .*'nope'"):
+    source.write_text("= A\n{{ metrics.nope|fmt('.2f') }}\n")
+    with pytest.raises(make_report.ReportError, match=r"report\.typ line 2: .*'nope'"):
         make_report.render_text({"x": 0.5}, FORWARD, False, {}, source)
 
 
@@ -339,7 +340,7 @@ def test_a_missing_metrics_key_stops_the_build_and_writes_no_pdf(tmp_path):
     metrics = synthetic_metrics(RUN_A)
     del metrics["training"]["final_loss"]
     folder = write_submission(tmp_path, metrics)
-    with pytest.raises(make_report.ReportError, match=r"report\.md line \d+: .*'final_loss'"):
+    with pytest.raises(make_report.ReportError, match=r"report\.typ line \d+: .*'final_loss'"):
         make_report.build(folder, tmp_path / "Report.pdf", NAME, ROLL)
     assert not (tmp_path / "Report.pdf").exists()
 
@@ -416,7 +417,8 @@ def test_report_has_the_expected_length(report):
 
 def test_no_template_markup_or_label_survives(report):
     text = report_text(report)
-    for leftover in ["{{", "}}", "{%", "@fig", "@tab", "{#", "Your reading", "where to look", "notes("]:
+    for leftover in ["{{", "}}", "{%", "@fig", "@tab", "<fig:", "<tab:", "#figure", "Your reading", "where to look",
+                     "notes("]:
         assert leftover not in text, leftover
 
 
@@ -442,7 +444,7 @@ def test_the_name_and_roll_number_are_required(capsys):
 
 def test_numbers_come_from_the_results(report):
     text = report_text(report)
-    assert "1,234,567" in text and "256,000" in text and "61.5 s" in text
+    assert "1,234,567" in text and "256,000" in text and "61.5 s" in text and "x86_64 cpu" in text
 
 
 def test_building_a_submission_records_its_inputs_in_its_folder(submission):
@@ -451,7 +453,7 @@ def test_building_a_submission_records_its_inputs_in_its_folder(submission):
     record = json.loads((submission / "report" / "built_from.json").read_text())
     assert record["results_sha256"] == sha256(submission / "results" / "metrics.json")
     assert record["report_sha256"] == sha256(submission / "Report.pdf")
-    assert {"report/report.md", "tools/make_report.py", "rollNumber_05.py", "results/metrics.json",
+    assert {"report/report.typ", "tools/make_report.py", "rollNumber_05.py", "results/metrics.json",
             "results/samples.png", "saved_models/ddpm_animals.pt", "notes.md"} <= set(record["inputs"])
     assert record["inputs"] == make_report.input_digests(submission)
 

@@ -19,6 +19,10 @@ def linear_beta(i, timesteps=T):
     return 1e-4 + (0.02 - 1e-4) * i / (timesteps - 1)
 
 
+def test_default_config_has_T_1000():
+    assert ddpm.Config().timesteps == T  # the assignment's T
+
+
 def test_linear_betas_run_from_1e4_to_002(linear):
     assert linear.betas[0].item() == pytest.approx(1e-4, rel=1e-6)
     assert linear.betas[-1].item() == pytest.approx(0.02, rel=1e-6)

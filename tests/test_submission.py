@@ -199,8 +199,10 @@ def test_an_interrupted_stage_keeps_its_time_and_is_not_done(tmp_path):
         stages.run("train", {"seed": 1}, interrupted)
     record = json.loads((tmp_path / "stages.json").read_text())["train"]
     assert "result" not in record and record["seconds"] >= 0
-    assert not stages.is_current("train", {"seed": 1}) and not stages.started_otherwise("train", {"seed": 1})
-    assert stages.started_otherwise("train", {"seed": 2})
+    stages.refuse_other_runs("train", {"seed": 1})  # the same settings: it continues
+    with pytest.raises(ddpm.UserError, match="runs made with other classes, photos or settings"):
+        stages.refuse_other_runs("train", {"seed": 2})
+    assert stages.run("train", {"seed": 1}, lambda: "done") == "done"
 
 
 def test_a_missing_class_is_one_line_before_any_training(tmp_path):
@@ -219,7 +221,7 @@ def test_the_gpu_profile_needs_a_gpu(tmp_path):
         pytest.skip("this machine has a GPU")
     args = sub.parse_args(["--data-dir", str(tmp_path), "--classes", "A", "--first-name", "A", "--roll-number", "1",
                            "--profile", "gpu"])
-    with pytest.raises(sub.StageError, match="needs a CUDA GPU"):
+    with pytest.raises(ddpm.UserError, match="needs a CUDA GPU"):
         sub.make_plan(args)
     assert sub.parse_args(["--data-dir", ".", "--classes", "A", "--first-name", "A", "--roll-number", "1"]).profile \
         == "cpu"

@@ -11,15 +11,13 @@ and results give.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from make_report import ROOT, ReportError, fill
 
 RESULTS = ROOT / "results"
 SOURCE = ROOT / "report" / "benchmarks.md"
 OUT = ROOT / "BENCHMARKS.md"
-DATA_FILES = {"metrics": "metrics.json", "bench_cpu": "bench_cpu.json", "bench_cuda": "bench_cuda.json",
-              "bench_cuda_compile": "bench_cuda_compile.json"}
+DATA = ("metrics", "bench_cpu", "bench_cuda", "bench_cuda_compile")  # results/NAME.json, named so in the template
 HEADER = "<!-- Built by python tools/make_benchmarks.py from report/benchmarks.md and results/; do not edit. -->"
 
 
@@ -35,10 +33,10 @@ def fail(claim):
     raise ReportError(f"claim is false with these results: {claim}")
 
 
-def render(source=SOURCE, results_dir=RESULTS):
+def render():
     """The text of BENCHMARKS.md."""
-    data = {name: json.loads((Path(results_dir) / file).read_text(encoding="utf-8")) for name, file in DATA_FILES.items()}
-    text = fill(source, pick=pick, fail=fail, abs=abs, **data)
+    data = {name: json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8")) for name in DATA}
+    text = fill(SOURCE, pick=pick, fail=fail, abs=abs, **data)
     return (HEADER + "\n" + text).rstrip() + "\n"
 
 

@@ -3,28 +3,20 @@
     python tools/make_submission.py --data-dir PATH --classes A,B,C,D,E --first-name NAME --roll-number ROLL \
         [--profile auto|cpu|gpu|smoke] [--out-dir DIR]
 
-DIR (default: this repository) receives saved_models/ddpm_animals.pt, results/, notes.md, Report.pdf and
-dist/NAME_ROLL_04.zip; the runs go to DIR/runs/submission/. The stages, in order:
+The stages, in order (the runs go to DIR/runs/submission/; DIR is --out-dir, default this repository):
 
   lr          the learning-rate experiment: the profile's recipe, shortened, at three peak rates
-  lr-results  each learning-rate run's loss and final model, tested as the checkpoints are, and the rate picked:
-              the default unless another is clearly better (pick_lr)
-  train       the main model at the picked rate through the profile's whole schedule, keeping a checkpoint every
-              tenth of it
+  lr-results  each learning-rate run's loss and final model, tested as the checkpoints are; the rate picked (pick_lr)
+  train       the main model at the picked rate through its whole schedule, a checkpoint kept every tenth of it
   evaluate    every checkpoint of the full-resolution phase: novelty, copy share, asked-class share, loss
   choose      the latest checkpoint that meets the targets (or the nearest) -> DIR/saved_models/ddpm_animals.pt
   results     every figure and number of the report -> DIR/results/
   report      DIR/notes.md (one blank per section, for your own reading) and DIR/Report.pdf
-  package     the zip (tools/package_submission.py), once notes.md has no blank left
+  package     DIR/dist/NAME_ROLL_04.zip (tools/package_submission.py), once notes.md has no blank left
 
-Rerunning the command skips every stage that is finished and made with the same settings, and an interrupted
-training run (Ctrl-C, a closed laptop) continues from its last checkpoint; so after writing notes.md, rerunning
-only rebuilds the report and the zip. The training seed comes from the roll number, so two students with the same
-photos still hand in different models. Before the first stage the command prints its plan with a time estimate per
-stage, from the speed it measures on this machine in its first seconds.
-
-Profiles: cpu (the defaults of `train`, for a 2-core laptop), gpu (a larger U-Net, batch 256, compiled), smoke
-(tiny, for tests) and auto (gpu where CUDA is present, else cpu).
+It first prints its plan with a time estimate per stage, from the training speed it measures here. A rerun skips
+every stage finished with the same settings, and an interrupted training continues from its last checkpoint: after
+writing notes.md, a rerun only rebuilds the report and the zip.
 """
 import argparse
 import contextlib
@@ -91,13 +83,7 @@ PROFILES = {
 }
 
 
-class StageError(ddpm.UserError):
-    """A stage cannot go on; printed as one line."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings: the profile's recipe for this student's data
-# ---------------------------------------------------------------------------------------------
+# --- Settings: the profile's recipe for this student's data ---------------------------------------------------
 
 def seed_from(roll_number):
     """A training seed from the roll number: the same student gets the same model, two students different ones."""
@@ -134,45 +120,30 @@ class Plan:
     def main_run(self):
         return self.runs / "main"
 
-    def steps(self, epochs):
-        return math.ceil(epochs * sum(self.photos_per_class) / self.cfg.batch_size)
-
     @property
     def total_steps(self):
-        return self.steps(self.cfg.epochs)
-
-    @property
-    def save_every(self):
-        return max(1, math.ceil(self.total_steps / self.profile.checkpoints))
-
-    def train_settings(self, **changes):
-        return {**self.profile.train, "seed": self.seed, **changes}
+        return math.ceil(self.cfg.epochs * sum(self.photos_per_class) / self.cfg.batch_size)
 
     @property
     def main_settings(self):
-        """The main run's `train` flags: its learning rate, and every checkpoint kept for the choice after
-        training."""
-        return self.train_settings(lr=self.cfg.lr, save_every=self.save_every, keep_checkpoints=0)
-
-    def train_command(self, out_dir, settings):
-        return [sys.executable, str(SCRIPT), "train", "--data-dir", str(self.args.data_dir), "--classes",
-                ",".join(self.cfg.classes), "--device", self.profile.device, "--out-dir", str(out_dir),
-                *as_flags(settings)]
+        """The main run's `train` flags: its learning rate, and every checkpoint kept for the choice after it."""
+        return {**self.profile.train, "seed": self.seed, "lr": self.cfg.lr,
+                "save_every": max(1, math.ceil(self.total_steps / self.profile.checkpoints)), "keep_checkpoints": 0}
 
     @property
     def lr_runs(self):
-        """(rate, folder, settings) of each learning-rate run, highest rate first."""
+        """(rate, folder, `train` flags) of each learning-rate run, highest rate first."""
         return [(lr, self.runs / f"lr_{figures.lr_label(lr)}",
-                 self.train_settings(lr=lr, epochs=self.profile.lr_epochs, sample_every=0))
+                 {**self.profile.train, "seed": self.seed, "lr": lr, "epochs": self.profile.lr_epochs,
+                  "sample_every": 0})
                 for lr in sorted(self.profile.lr_rates, reverse=True)]
 
 
 def make_plan(args):
     profile = PROFILES[args.profile]
     if profile.device == "cuda" and not torch.cuda.is_available():
-        raise StageError("--profile gpu needs a CUDA GPU (none found); use --profile cpu")
-    defaults = ddpm.device_defaults(profile.device)
-    cfg = ddpm.Config(**{**defaults, **profile.train, "data_dir": str(args.data_dir)})
+        raise ddpm.UserError("--profile gpu needs a CUDA GPU (none found); use --profile cpu")
+    cfg = ddpm.Config(**{**ddpm.device_defaults(profile.device), **profile.train, "data_dir": str(args.data_dir)})
     data = ddpm.AnimalPhotos(args.data_dir, args.classes, len(args.classes), cfg.images_per_class, cfg.image_size,
                              flip=False)  # reads every photo now: a bad folder stops here, not after an hour
     photos_per_class = [int((data.labels == k).sum()) for k in range(len(data.class_names))]
@@ -182,59 +153,39 @@ def make_plan(args):
     return Plan(args, profile, cfg, photos_per_class, seed_from(args.roll_number))
 
 
-# ---------------------------------------------------------------------------------------------
-# The time estimate: this machine's speed, measured in its first seconds
-# ---------------------------------------------------------------------------------------------
+# --- The time estimate: this machine's training speed, measured in its first seconds ---------------------------
 
-def images_per_second(cfg, device, size, seconds=2.0):
-    """Training speed at `size` px: steps on random images for about `seconds`, after two warm-up steps (the first
+def seconds_per_image(cfg, device, size):
+    """Seconds a training step spends per image at `size` px: three steps timed after two warm-up ones (the first
     steps at a new size are slow while the convolution library picks its kernels)."""
-    trainer = ddpm.build_trainer(dataclasses.replace(cfg, compile=False), device, total_steps=100)
+    trainer = ddpm.build_trainer(dataclasses.replace(cfg, compile=False), device, total_steps=5)
     x0 = torch.randn(cfg.batch_size, 3, size, size, device=device)
     labels = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
     for step in range(2):
         ddpm.train_step(trainer, x0, labels, step)
-    start, steps = time.time(), 0
-    while steps < 2 or time.time() - start < seconds:
-        steps += 1
-        ddpm.train_step(trainer, x0, labels, steps + 1)
-    return steps * cfg.batch_size / (time.time() - start)
-
-
-def network_seconds(cfg, device, batch=16):
-    """Seconds for one guided network evaluation of one image (two passes: with and without the class)."""
-    model = ddpm.build_model(cfg).to(device).eval()
-    x = torch.randn(2 * batch, 3, cfg.image_size, cfg.image_size, device=device)
-    t = torch.full((2 * batch,), 500, device=device)
-    with torch.no_grad():
-        model(x, t, torch.zeros(2 * batch, dtype=torch.long, device=device))
-        start = time.time()
-        model(x, t, torch.zeros(2 * batch, dtype=torch.long, device=device))
-    return (time.time() - start) / batch
+    start = time.time()
+    for step in range(2, 5):
+        ddpm.train_step(trainer, x0, labels, step)
+    return (time.time() - start) / (3 * cfg.batch_size)
 
 
 def estimate(plan):
-    """Seconds per stage, from the speed measured here."""
+    """Seconds per stage. A guided sampling step runs the network twice without gradients: about two thirds of what
+    a training step (forward and backward) spends per image. The loss on the photos, a tenth of an evaluation, and
+    the nearest-photo search are left out."""
     cfg, profile, device = plan.cfg, plan.profile, torch.device(plan.profile.device)
-    full = images_per_second(cfg, device, cfg.image_size)
-    half = images_per_second(cfg, device, cfg.image_size // 2) if cfg.low_res_share else full
-    per_image = network_seconds(cfg, device)
-
-    def training(steps):
-        low = math.ceil(cfg.low_res_share * steps)
-        return cfg.batch_size * (low / half + (steps - low) / full)
-
-    evaluated = plan.profile.checkpoints * (1 - cfg.low_res_share)
-    loss_grid = 10 * sum(plan.photos_per_class) / 2  # one unguided pass per photo at 10 values of t
-    sampling = {"evaluate": evaluated * (profile.eval_samples * 50 + loss_grid),
-                "lr": len(profile.lr_rates) * (profile.lr_eval_samples * 50 + loss_grid),
-                "results": cfg.timesteps * (1 + cfg.num_classes) + 50 * cfg.num_classes * (
-                    2 * profile.figure_samples + len(GUIDANCE_SCALES) + 2) + 8 * 50,
-                "package": 50 * cfg.num_classes}  # the notebook: one DDIM-50 sample per class
-    return {"lr": len(profile.lr_rates) * training(plan.steps(profile.lr_epochs)) + sampling["lr"] * per_image,
-            "train": training(plan.total_steps), "evaluate": sampling["evaluate"] * per_image, "choose": 1,
-            "results": sampling["results"] * per_image, "report": 30,
-            "package": sampling["package"] * per_image + 60}
+    full = seconds_per_image(cfg, device, cfg.image_size)
+    half = seconds_per_image(cfg, device, cfg.image_size // 2) if cfg.low_res_share else full
+    one_pass = sum(plan.photos_per_class) * (cfg.low_res_share * half + (1 - cfg.low_res_share) * full)
+    sample = 50 * 2 / 3 * full  # one DDIM-50 sample
+    # results: DDPM through all T steps once per class and for the reverse process, DDIM-50 for the other figures
+    figure_samples = ((1 + cfg.num_classes) * cfg.timesteps / 50 + 8
+                      + cfg.num_classes * (profile.figure_samples + len(GUIDANCE_SCALES) + 2))
+    return {"lr": len(profile.lr_rates) * (profile.lr_epochs * one_pass + profile.lr_eval_samples * sample),
+            "train": cfg.epochs * one_pass,
+            "evaluate": profile.checkpoints * (1 - cfg.low_res_share) * profile.eval_samples * sample,
+            "choose": 1, "results": figure_samples * sample, "report": 30,
+            "package": cfg.num_classes * sample + 60}  # the notebook draws one sample per class
 
 
 def print_plan(plan, seconds, done):
@@ -244,15 +195,12 @@ def print_plan(plan, seconds, done):
           f"lr runs pick (default {figures.lr_label(cfg.lr)}), seed {plan.seed} (from the roll number) -> "
           f"{plan.args.out_dir}", file=sys.stderr)
     for name, s in seconds.items():
-        state = "done, skipped" if name in done else f"about {ddpm.format_seconds(s)}"
-        print(f"  {name:9s} {state}", file=sys.stderr)
+        print(f"  {name:9s} {'done, skipped' if name in done else f'about {ddpm.format_seconds(s)}'}", file=sys.stderr)
     left = sum(s for name, s in seconds.items() if name not in done)
     print(f"  in all about {ddpm.format_seconds(left)} from now", file=sys.stderr)
 
 
-# ---------------------------------------------------------------------------------------------
-# Stages: each records its settings and time in runs/submission/stages.json when it finishes
-# ---------------------------------------------------------------------------------------------
+# --- Stages: each records its settings and time in runs/submission/stages.json when it finishes ------------------
 
 def as_json(value):
     """value as it reads back from stages.json (tuples become lists, number keys strings), so that settings compare
@@ -268,73 +216,64 @@ class Stages:
         self.path = path
         self.done = json.loads(path.read_text()) if path.is_file() else {}
 
-    def is_current(self, name, settings, output=None):
-        record = self.done.get(name, {})
-        return "result" in record and record["settings"] == as_json(settings) and (output is None or output.exists())
-
-    def started_otherwise(self, name, settings):
-        record = self.done.get(name)
-        return record is not None and record["settings"] != as_json(settings)
-
-    def save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.done, indent=2))
+    def refuse_other_runs(self, name, settings):
+        """Stops before a stage whose runs here were started with other data or settings: they would mix."""
+        if name in self.done and self.done[name]["settings"] != as_json(settings):
+            raise ddpm.UserError(f"{self.path.parent} holds runs made with other classes, photos or settings; use "
+                                 f"another --out-dir, or delete {self.path.parent} to start again")
 
     def run(self, name, settings, work, output=None):
-        """work() unless the stage finished with these settings and its output is there; its result is kept for the
-        stages after it."""
-        if self.is_current(name, settings, output):
-            return self.done[name]["result"]
+        """work()'s result, kept for the stages after it; work() is skipped if it finished with these settings and
+        its output is there."""
+        settings, record = as_json(settings), self.done.get(name, {})
+        if "result" in record and record["settings"] == settings and (output is None or output.exists()):
+            return record["result"]
         print(f"== {name}", file=sys.stderr)
-        record = self.done.get(name, {})
-        spent = record.get("seconds", 0) if record.get("settings") == as_json(settings) else 0
-        self.done[name] = record = {"settings": as_json(settings), "seconds": spent}
+        spent = record.get("seconds", 0) if record.get("settings") == settings else 0
+        self.done[name] = record = {"settings": settings, "seconds": spent}
         start = time.time()
         try:
             record["result"] = as_json(work())
         finally:
             record["seconds"] = round(spent + time.time() - start, 1)
-            self.save()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.done, indent=2))
         return record["result"]
 
 
-def run_training(command, out_dir):
-    """`train` in a child process, continued with --resume where a checkpoint exists. Ctrl-C reaches the child
-    too, which saves a checkpoint: wait for it before stopping, or the save would be cut off."""
-    resume = any(ddpm.checkpoint_dir(out_dir).glob("step_*.pt"))
-    process = subprocess.Popen(command + ["--resume"] * resume)
+def run_training(plan, out_dir, settings):
+    """`train` in a child process, continued with --resume where a checkpoint exists; returns its exit code. Ctrl-C
+    reaches the child too, which saves a checkpoint: wait for it before stopping, or the save would be cut off."""
+    command = [sys.executable, str(SCRIPT), "train", "--data-dir", str(plan.args.data_dir), "--classes",
+               ",".join(plan.cfg.classes), "--device", plan.profile.device, "--out-dir", str(out_dir),
+               *as_flags(settings), *["--resume"] * any(ddpm.checkpoint_dir(out_dir).glob("step_*.pt"))]
+    process = subprocess.Popen(command)
     try:
-        code = process.wait()
+        return process.wait()
     except KeyboardInterrupt:
         process.wait()
         raise
-    return code
 
 
 def train_main(plan):
-    code = run_training(plan.train_command(plan.main_run, plan.main_settings), plan.main_run)
+    code = run_training(plan, plan.main_run, plan.main_settings)
     if code or not (plan.main_run / "samples" / "final.png").is_file():
-        raise StageError(f"training stopped before its last step (exit {code}); rerun this command to continue")
+        raise ddpm.UserError(f"training stopped before its last step (exit {code}); rerun this command to continue")
 
 
 def train_lr_runs(plan):
     """The learning-rate runs; a run that stops on non-finite losses is a result (it diverged), not an error."""
     diverged = []
     for lr, folder, settings in plan.lr_runs:
-        code = run_training(plan.train_command(folder, settings), folder)
+        code = run_training(plan, folder, settings)
         if not (folder / "samples" / "final.png").is_file():
             if code != 2:  # 2: the trainer's own error, here its stop after too many non-finite losses
-                raise StageError(f"the lr {lr:g} run stopped early (exit {code}); rerun this command to continue")
+                raise ddpm.UserError(f"the lr {lr:g} run stopped early (exit {code}); rerun this command to continue")
             diverged.append(lr)
     return diverged
 
 
-def evaluated_steps(plan):
-    """The checkpoints taken after the half-resolution phase: the ones that can be shipped."""
-    first = plan.cfg.low_res_share * plan.total_steps
-    return sorted(int(p.stem.split("_")[1]) for p in ddpm.checkpoint_dir(plan.main_run).glob("step_*.pt")
-                  if int(p.stem.split("_")[1]) > first)
-
+# --- Evaluation and the choice of checkpoint and learning rate --------------------------------------------------
 
 def loss_past_t1(loss_per_t):
     """The mean denoising loss over the t > 1 of evaluate's grid. At t = 1 the added noise is 1% of the image and
@@ -361,48 +300,38 @@ def evaluate_checkpoint(plan, path, num_samples, out_json):
 
 
 def evaluate_main(plan):
-    return [evaluate_checkpoint(plan, ddpm.checkpoint_dir(plan.main_run) / f"step_{step:08d}.pt",
-                                plan.profile.eval_samples, plan.main_run / "evals" / f"step_{step:08d}.json")
-            for step in evaluated_steps(plan)]
+    """Every checkpoint taken after the half-resolution phase: the ones that can be shipped."""
+    paths = sorted(ddpm.checkpoint_dir(plan.main_run).glob("step_*.pt"))  # step_%08d: name order is step order
+    return [evaluate_checkpoint(plan, path, plan.profile.eval_samples, plan.main_run / "evals" / f"{path.stem}.json")
+            for path in paths if int(path.stem.split("_")[1]) > plan.cfg.low_res_share * plan.total_steps]
 
 
-def misses(result, targets=TARGETS):
+def misses(result):
     """The targets a checkpoint misses, in words, e.g. ['asked class 82% (target: at least 90%)']."""
-    found = []
-    for key, target in targets.items():
-        at_most = key in AT_MOST
-        if result[key] > target if at_most else result[key] < target:
-            percent = key != "novelty"
-            shown = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.2f}")
-            found.append(f"{TARGET_NAMES[key]} {shown(result[key])} (target: {'at most' if at_most else 'at least'} "
-                         f"{shown(target)})")
-    return found
+    def shown(key, value):
+        return f"{value:.2f}" if key == "novelty" else f"{value:.0%}"  # the shares in percent
+    return [f"{TARGET_NAMES[k]} {shown(k, result[k])} (target: {'at most' if k in AT_MOST else 'at least'} "
+            f"{shown(k, t)})" for k, t in TARGETS.items() if (result[k] > t if k in AT_MOST else result[k] < t)]
 
 
-def shortfall(result, targets=TARGETS):
+def shortfall(result):
     """How far a checkpoint is from meeting every target: the sum of its relative misses (0 when it meets them)."""
-    return sum(max(0.0, (result[k] - t) if k in AT_MOST else (t - result[k])) / t for k, t in targets.items())
+    return sum(max(0.0, (result[k] - t) if k in AT_MOST else (t - result[k])) / t for k, t in TARGETS.items())
 
 
-def choose_checkpoint(results, targets=TARGETS):
+def choose_checkpoint(results):
     """The latest checkpoint that meets every target; if none does, the one nearest to them (the later of equals).
     Never the clock: a later checkpoint is only better until the samples start copying the photos."""
-    meeting = [r for r in results if not misses(r, targets)]
-    if meeting:
-        return max(meeting, key=lambda r: r["step"])
-    return min(results, key=lambda r: (shortfall(r, targets), -r["step"]))
-
-
-def export_model(checkpoint, path):
-    """The chosen checkpoint as the model.pt a run writes: what `sample` and the notebook load."""
-    payload = ddpm.load_checkpoint(checkpoint)
-    ddpm.save_model(payload["config"], payload["class_names"], payload["step"], payload["ema"], path)
+    meeting = [r for r in results if not misses(r)]
+    return max(meeting, key=lambda r: r["step"]) if meeting else min(results, key=lambda r: (shortfall(r), -r["step"]))
 
 
 def choose(plan, results):
+    """The chosen checkpoint exported as the model.pt a run writes: what `sample` and the notebook load."""
     chosen = choose_checkpoint(results)
+    payload = ddpm.load_checkpoint(ddpm.checkpoint_dir(plan.main_run) / f"step_{chosen['step']:08d}.pt")
     model_path = plan.args.out_dir / "saved_models" / "ddpm_animals.pt"
-    export_model(ddpm.checkpoint_dir(plan.main_run) / f"step_{chosen['step']:08d}.pt", model_path)
+    ddpm.save_model(payload["config"], payload["class_names"], payload["step"], payload["ema"], model_path)
     missed = misses(chosen)
     print(f"  chosen: step {chosen['step']}" + (f", missing {'; '.join(missed)}" if missed else ", meets every target"),
           file=sys.stderr)
@@ -413,21 +342,19 @@ def choose(plan, results):
 def failure(diverged, loss_past_t1):
     """Why a learning-rate run failed, or None: "diverged" (stopped by non-finite losses) or "collapsed" (finite
     losses, but it denoises little better than predicting no noise)."""
-    if diverged:
-        return "diverged"
-    return "collapsed" if loss_past_t1 > COLLAPSE_LOSS else None
+    return "diverged" if diverged else "collapsed" if loss_past_t1 > COLLAPSE_LOSS else None
 
 
-def pick_lr(runs, default_lr, margin=PICK_MARGIN):
-    """The main model's learning rate: the default unless another run's loss past t = 1 is at least `margin` lower
-    and its asked-class share no lower (then the lowest such loss). A failed run is never picked; if the default's
-    run failed, the lowest loss of the others; if every run failed, the default."""
+def pick_lr(runs, default_lr):
+    """The main model's learning rate: the default unless another run's loss past t = 1 is at least PICK_MARGIN
+    lower and its asked-class share no lower (then the lowest such loss). A failed run is never picked; if the
+    default's run failed, the lowest loss of the others; if every run failed, the default."""
     candidates = [r for r in runs if not r["failed"]]
     default = next((r for r in candidates if r["lr"] == default_lr), None)
     if default is not None:  # then only a clearly better rate replaces it
         loss, share = default["denoising_loss_past_t1"], default["asked_class_share"]
         candidates = [r for r in candidates
-                      if r["denoising_loss_past_t1"] <= (1 - margin) * loss and r["asked_class_share"] >= share]
+                      if r["denoising_loss_past_t1"] <= (1 - PICK_MARGIN) * loss and r["asked_class_share"] >= share]
     return min(candidates, key=lambda r: r["denoising_loss_past_t1"])["lr"] if candidates else default_lr
 
 
@@ -436,44 +363,34 @@ def lr_results(plan, diverged):
     whether it failed) and the rate picked for the main model."""
     runs = []
     for lr, folder, _ in plan.lr_runs:
-        run = {"lr": lr, "label": figures.lr_label(lr), "is_default": lr == plan.cfg.lr,
-               **figures.lr_run_summary(folder)}
-        keys = ("denoising_loss", "novelty", "copy_share", "asked_class_share", "denoising_loss_per_t",
-                "denoising_loss_past_t1")
-        evaluation = None if lr in diverged else evaluate_checkpoint(
+        evaluation = {} if lr in diverged else evaluate_checkpoint(
             plan, folder / "model.pt", plan.profile.lr_eval_samples, folder / "evals" / "model.json")
-        run.update({k: evaluation[k] if evaluation else None for k in keys})
+        run = {"lr": lr, "label": figures.lr_label(lr), "is_default": lr == plan.cfg.lr,
+               **figures.lr_run_summary(folder),
+               **{k: evaluation.get(k) for k in ("denoising_loss", "novelty", "copy_share", "asked_class_share",
+                                                 "denoising_loss_per_t", "denoising_loss_past_t1")}}
         run["failed"] = failure(lr in diverged, run["denoising_loss_past_t1"])
         run["diverged"] = run["failed"] == "diverged"
         runs.append(run)
-    picked = pick_lr(runs, plan.cfg.lr)
+    picked, default = pick_lr(runs, plan.cfg.lr), figures.lr_label(plan.cfg.lr)
     all_failed = all(r["failed"] for r in runs)
     print(f"  the main model trains at lr {figures.lr_label(picked)}"
-          + (" (the default)" if picked == plan.cfg.lr else f" (the default: {figures.lr_label(plan.cfg.lr)})")
+          + (" (the default)" if picked == plan.cfg.lr else f" (the default: {default})")
           + ("; every learning-rate run failed" if all_failed else ""), file=sys.stderr)
-    return {"epochs": plan.profile.lr_epochs, "runs": runs,
-            "default_lr": plan.cfg.lr, "default_label": figures.lr_label(plan.cfg.lr),
+    return {"epochs": plan.profile.lr_epochs, "runs": runs, "default_lr": plan.cfg.lr, "default_label": default,
             "picked_lr": picked, "picked_label": figures.lr_label(picked),
             "pick_margin": PICK_MARGIN, "collapse_loss": COLLAPSE_LOSS, "all_failed": all_failed}
 
 
-def training_summary(plan):
-    rows = ddpm.read_log(plan.main_run / "log.csv")
-    return {**json.loads((plan.main_run / "run_info.json").read_text()), "total_steps": plan.total_steps,
-            "low_res_steps": math.ceil(plan.cfg.low_res_share * plan.total_steps),
-            "final_loss": figures.final_mean(rows, "loss"),
-            "final_loss_per_t_quarter": [figures.final_mean(rows, f"loss_t{q}") for q in range(1, 5)]}
-
-
 def make_results(plan, checkpoints, chosen, lr_sweep, stages):
     """DIR/results/: every figure of the report and metrics.json, from the chosen model and the runs."""
-    out = plan.args.out_dir / "results"
+    out, args, seed = plan.args.out_dir / "results", plan.args, plan.seed
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(plan.profile.device)
-    model, schedule, cfg = ddpm.load_model(plan.args.out_dir / "saved_models" / "ddpm_animals.pt", device)
-    images, _ = ddpm.training_images(plan.args.data_dir, cfg)
-    seed = plan.seed
-    ddpm.plot_loss_curve(ddpm.read_log(plan.main_run / "log.csv"), out / "loss_curve.png")
+    model, schedule, cfg = ddpm.load_model(args.out_dir / "saved_models" / "ddpm_animals.pt",
+                                           torch.device(plan.profile.device))
+    images, _ = ddpm.training_images(args.data_dir, cfg)
+    log = ddpm.read_log(plan.main_run / "log.csv")
+    ddpm.plot_loss_curve(log, out / "loss_curve.png")
     figures.checkpoint_choice(checkpoints, TARGETS, chosen["step"], out / "checkpoints.png")
     figures.lr_sweep([(lr, folder) for lr, folder, _ in plan.lr_runs], out)
     figures.per_class_samples(model, schedule, cfg, out, plan.profile.figure_samples, seed)
@@ -484,13 +401,18 @@ def make_results(plan, checkpoints, chosen, lr_sweep, stages):
     evaluation = next(r for r in checkpoints if r["step"] == chosen["step"])
     metrics = {
         "classes": cfg.classes,
-        "run": {"command": command_line(plan.args), "profile": plan.args.profile, "seed": seed,
-                "model_sha256": chosen["model_sha256"],
+        "run": {"command": (f"python tools/make_submission.py --data-dir DATA --classes {','.join(args.classes)} "
+                            f"--first-name NAME --roll-number ROLL --profile {args.profile}"),  # the name stays out
+                "profile": args.profile, "seed": seed, "model_sha256": chosen["model_sha256"],
                 "stage_seconds": {name: stages.done[name]["seconds"] for name in ("train", "lr", "evaluate")}},
         "config": dataclasses.asdict(cfg), "parameters": ddpm.count_parameters(model),
         "data": {"train_images": len(images), "photos_per_class": plan.photos_per_class,
                  "images_per_class_asked": cfg.images_per_class},
-        "training": training_summary(plan), "targets": TARGETS,
+        "training": {**json.loads((plan.main_run / "run_info.json").read_text()), "total_steps": plan.total_steps,
+                     "low_res_steps": math.ceil(plan.cfg.low_res_share * plan.total_steps),
+                     "final_loss": figures.final_mean(log, "loss"),
+                     "final_loss_per_t_quarter": [figures.final_mean(log, f"loss_t{q}") for q in range(1, 5)]},
+        "targets": TARGETS,
         "checkpoints": [{k: r[k] for k in ("step", "denoising_loss", "denoising_loss_past_t1", "novelty", "copy_share",
                                            "asked_class_share", "memorisation_rate", "nearest_photos_distinct")}
                         | {"meets_targets": not misses(r)} for r in checkpoints],
@@ -501,37 +423,25 @@ def make_results(plan, checkpoints, chosen, lr_sweep, stages):
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
-def command_line(args):
-    """The command as the student would type it again (the name stays out: the report's title page has it)."""
-    return (f"python tools/make_submission.py --data-dir DATA --classes {','.join(args.classes)} --first-name NAME "
-            f"--roll-number ROLL --profile {args.profile}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Report and package: quick, so they are rebuilt on every run
-# ---------------------------------------------------------------------------------------------
+# --- Report and package: quick, so they are rebuilt on every run ------------------------------------------------
 
 def run_tool(*arguments):
-    command = [sys.executable, *map(str, arguments)]
-    if subprocess.run(command).returncode:
-        raise StageError(f"{Path(arguments[0]).name} failed (its message is above); fix it and rerun this command")
+    if subprocess.run([sys.executable, *map(str, arguments)]).returncode:
+        raise ddpm.UserError(f"{Path(arguments[0]).name} failed (its message is above); fix it and rerun this command")
 
 
-def build_report(plan):
+def report_and_zip(plan):
+    """notes.md (written once, then the student's), Report.pdf and, once notes.md has no blank left, the zip;
+    returns whether it packed."""
     import make_report  # reportlab: only the report needs it
-    notes = plan.args.out_dir / "notes.md"
+    args, notes = plan.args, plan.args.out_dir / "notes.md"
     make_report.write_notes_template(notes)
-    run_tool(ROOT / "tools" / "make_report.py", "--submission-dir", plan.args.out_dir, "--name", plan.args.first_name,
-             "--roll-number", plan.args.roll_number)
-    return make_report.blank_notes(notes)
-
-
-def package(plan, blanks):
-    args = plan.args
+    run_tool(ROOT / "tools" / "make_report.py", "--submission-dir", args.out_dir, "--name", args.first_name,
+             "--roll-number", args.roll_number)
+    blanks = make_report.blank_notes(notes)
     if blanks and not args.allow_blank_notes:
-        print(f"not packed yet: {args.out_dir / 'notes.md'} still has blanks under {'; '.join(blanks)}. Write your "
-              f"own reading of the results there, then rerun this command: only the report and the zip are "
-              f"rebuilt.", file=sys.stderr)
+        print(f"not packed yet: {notes} still has blanks under {'; '.join(blanks)}. Write your own reading of the "
+              f"results there, then rerun this command: only the report and the zip are rebuilt.", file=sys.stderr)
         return False
     run_tool(ROOT / "tools" / "package_submission.py", "--first-name", args.first_name, "--roll-number",
              args.roll_number, "--data-dir", args.data_dir, "--submission-dir", args.out_dir, "--out-dir",
@@ -539,9 +449,7 @@ def package(plan, blanks):
     return True
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
+# --- Command line ---------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -559,19 +467,12 @@ def parse_args(argv=None):
     return args
 
 
-def refuse_other_runs(plan, stages, name, record):
-    """Stops before a stage whose runs here were started with other data or settings: they would mix."""
-    if stages.started_otherwise(name, record):
-        raise StageError(f"{plan.runs} holds runs made with other classes, photos or settings; use another "
-                         f"--out-dir, or delete {plan.runs} to start again")
-
-
 def make_submission(args):
     plan = make_plan(args)
     stages = Stages(plan.runs / "stages.json")
     data = {"classes": plan.cfg.classes, "photos": plan.photos_per_class, "data_dir": str(args.data_dir)}
     lr_record = {**data, "flags": [settings for _, _, settings in plan.lr_runs]}
-    refuse_other_runs(plan, stages, "lr", lr_record)
+    stages.refuse_other_runs("lr", lr_record)
     print_plan(plan, estimate(plan), [name for name, record in stages.done.items() if "result" in record])
     diverged = stages.run("lr", lr_record, lambda: train_lr_runs(plan))
     lr_sweep = stages.run("lr-results", {"after": lr_record, "pick_margin": PICK_MARGIN,
@@ -579,7 +480,7 @@ def make_submission(args):
     # the main run's settings are known only now: they hold the picked rate
     plan = dataclasses.replace(plan, cfg=dataclasses.replace(plan.cfg, lr=lr_sweep["picked_lr"]))
     main_record = {**data, "flags": plan.main_settings}
-    refuse_other_runs(plan, stages, "train", main_record)
+    stages.refuse_other_runs("train", main_record)
     stages.run("train", main_record, lambda: train_main(plan))
     checkpoints = stages.run("evaluate", {"after": main_record, "samples": plan.profile.eval_samples},
                              lambda: evaluate_main(plan))
@@ -587,8 +488,7 @@ def make_submission(args):
                         args.out_dir / "saved_models" / "ddpm_animals.pt")
     stages.run("results", {"chosen": chosen, "lr": lr_sweep},
                lambda: make_results(plan, checkpoints, chosen, lr_sweep, stages), args.out_dir / "results" / "metrics.json")
-    blanks = build_report(plan)
-    packed = package(plan, blanks)
+    packed = report_and_zip(plan)
     spent = {name: record["seconds"] for name, record in stages.done.items()}
     print(f"stages: {', '.join(f'{n} {ddpm.format_seconds(s)}' for n, s in spent.items())}; in all "
           f"{ddpm.format_seconds(sum(spent.values()))}" + ("" if packed else " (not packed yet)"), file=sys.stderr)
@@ -597,7 +497,7 @@ def make_submission(args):
 def main(argv=None):
     try:
         make_submission(parse_args(argv))
-    except ddpm.UserError as err:  # a StageError too: one line, never a traceback
+    except ddpm.UserError as err:  # one line, never a traceback
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit("interrupted: rerun the same command to continue")

@@ -2,10 +2,6 @@
 
     python tools/novelty.py --data-dir ../shared/data/animals                       # the shipped model
     python tools/novelty.py --data-dir DATA --model old=saved_models/ddpm_animals.pt --model new=runs/x/model.pt
-    python tools/novelty.py --data-dir DATA --model interval=saved_models/ddpm_animals.pt@83,580
-
-A model given as NAME=PATH@FIRST,LAST is sampled with guidance only at the steps FIRST..LAST (paper numbering)
-and plain conditional elsewhere (Kynkaanniemi et al. 2024 guide only in a middle interval of noise levels).
 
 For each model and guidance scale: DDIM-50 samples, --per-class of each class, measured by rollNumber_05's
 nearest-neighbour test against the training photos (and their mirror images). Novelty is the samples' median
@@ -14,7 +10,6 @@ real photo; 0: copies); copies are samples closer than the leave-one-out 5th per
 share whose nearest photo is of the class asked for. Writes the figure and a JSON of every number.
 """
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -28,35 +23,17 @@ sys.path.insert(0, str(ROOT))
 import rollNumber_05 as ddpm  # noqa: E402
 
 
-@contextlib.contextmanager
-def guidance_only_between(first, last):
-    """Makes the script's sampler guide only at the steps first..last: its guided_output sees guidance 1 elsewhere."""
-    guided_output = ddpm.guided_output
-    ddpm.guided_output = lambda model, x_t, t, labels, guidance: guided_output(
-        model, x_t, t, labels, guidance if first <= int(t[0]) + 1 <= last else 1.0)
-    try:
-        yield
-    finally:
-        ddpm.guided_output = guided_output
-
-
-def novelty_by_guidance(spec, data_dir, scales, per_class, seed=0, steps=50, grid=None):
-    """{scale: nearest-neighbour summary} for one checkpoint, given as PATH or PATH@FIRST,LAST. With `grid`, also
-    writes there the first 4 samples of each class at the default guidance (a column per class)."""
-    path, _, interval = spec.partition("@")
-    with guidance_only_between(*map(int, interval.split(","))) if interval else contextlib.nullcontext():
-        return guided_novelty(path, data_dir, scales, per_class, seed, steps, grid)
-
-
-def guided_novelty(path, data_dir, scales, per_class, seed, steps, grid):
+def novelty_by_guidance(path, data_dir, scales, per_class, grid=None):
+    """{scale: nearest-neighbour summary} for one checkpoint. With `grid`, also writes there the first 4 samples of
+    each class at the default guidance (a column per class)."""
     model, schedule, cfg = ddpm.load_model(path)
     images, photo_labels = ddpm.training_images(data_dir, cfg)
     reference = ddpm.leave_one_out(images)
     asked = ddpm.class_labels(cfg, per_class * cfg.num_classes)
     results = {}
     for scale in scales:
-        chunks = ddpm.sample_in_chunks(model, schedule, cfg, asked, len(asked), seed=seed, sampler="ddim",
-                                       steps=steps, guidance=scale)
+        chunks = ddpm.sample_in_chunks(model, schedule, cfg, asked, len(asked), sampler="ddim", steps=50,
+                                       guidance=scale)
         samples = torch.cat([images_of_chunk for _, images_of_chunk in chunks])
         if grid and scale == ddpm.DEFAULT_GUIDANCE:
             ddpm.save_png(make_grid(ddpm.to_uint8(samples[:4 * cfg.num_classes]), nrow=cfg.num_classes, pad_value=255),
