@@ -1,6 +1,6 @@
-"""tools/bench.py keeps working: its --quick run measures our model and writes nothing into the repository, and a
-report it writes has the shape tools/make_benchmarks.py reads. No timing thresholds: the numbers depend on the
-machine and on whatever else runs on it."""
+"""tools/experiments/bench.py keeps working: its --quick run measures our model and writes nothing into the
+repository, and a report it writes has the shape tools/experiments/make_benchmarks.py reads. No timing thresholds:
+the numbers depend on the machine and on whatever else runs on it."""
 import importlib.util
 import json
 import re
@@ -12,13 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "tools" / "experiments"))
 
 from make_benchmarks import pick  # noqa: E402
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "experiments" / "bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
@@ -40,7 +40,8 @@ def test_quick_run_measures_our_model_and_writes_nothing():
     before = results_state()
     # from the repository root, where a default output path would land in results/; one thread, as conftest.py:
     # the machine is shared with long jobs, and two threads on two busy cores crawl
-    command = [sys.executable, str(ROOT / "tools" / "bench.py"), "--quick", "--device", "cpu", "--threads", "1"]
+    command = [sys.executable, str(ROOT / "tools" / "experiments" / "bench.py"), "--quick", "--device", "cpu",
+               "--threads", "1"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr
     assert results_state() == before, "bench.py --quick changed results/"

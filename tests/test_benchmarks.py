@@ -1,17 +1,19 @@
-"""tools/make_benchmarks.py: BENCHMARKS.md is built from results/bench_*.json, and the committed copy is current."""
+"""tools/experiments/make_benchmarks.py: BENCHMARKS.md is built from results/bench_*.json, and the committed copy
+is current."""
 import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "tools" / "experiments"))
 
 import make_benchmarks  # noqa: E402
 from test_no_other_implementation import OTHER  # noqa: E402
 
 
 def test_committed_benchmarks_are_current():
-    """Rebuild with python tools/make_benchmarks.py after changing report/benchmarks.md or results/bench_*.json."""
+    """Rebuild with python tools/experiments/make_benchmarks.py after changing report/benchmarks.md or
+    results/bench_*.json."""
     assert make_benchmarks.OUT.read_text(encoding="utf-8") == make_benchmarks.render()
 
 

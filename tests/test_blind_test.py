@@ -1,12 +1,12 @@
-"""tools/blind_test.py: the shuffled sheet keeps a key that asks each class equally often, and the score counts
-right, other-class and cannot-tell answers per asked class."""
+"""tools/experiments/blind_test.py: the shuffled sheet keeps a key that asks each class equally often, and the
+score counts right, other-class and cannot-tell answers per asked class."""
 import json
 import sys
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "tools" / "experiments"))
 
 import blind_test  # noqa: E402
 import rollNumber_05 as ddpm  # noqa: E402

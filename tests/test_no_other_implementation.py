@@ -130,7 +130,8 @@ def test_no_file_imports_requires_or_installs_another_implementation():
     files = git_files(ROOT)
     if files is None:
         pytest.skip("needs git and the repository's .git folder")
-    assert {"tools/bench.py", "requirements-dev.txt", "Readme.txt", ".ci/run"} <= set(files), "the listing missed files"
+    assert {"tools/experiments/bench.py", "requirements-dev.txt", "Readme.txt", ".ci/run"} <= set(files), \
+        "the listing missed files"
     assert scan(ROOT, files) == []
 
 
@@ -191,8 +192,8 @@ def test_the_listing_covers_new_files_and_leaves_out_ignored_ones(tmp_path):
         pytest.skip("needs git")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, timeout=60)
     (tmp_path / ".gitignore").write_text(".venv/\n")
-    write_files(tmp_path, {"tools/bench.py": CAUGHT["probe.py"][:1],
+    write_files(tmp_path, {"tools/experiments/bench.py": CAUGHT["probe.py"][:1],
                            ".venv/lib/site-packages/diffusers/__init__.py": CAUGHT["probe.py"][:1]})
     files = git_files(tmp_path)
-    assert files == [".gitignore", "tools/bench.py"]
-    assert [line.split(" ", 1)[0] for line in scan(tmp_path, files)] == ["tools/bench.py:1:"]
+    assert files == [".gitignore", "tools/experiments/bench.py"]
+    assert [line.split(" ", 1)[0] for line in scan(tmp_path, files)] == ["tools/experiments/bench.py:1:"]

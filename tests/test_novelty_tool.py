@@ -1,4 +1,4 @@
-"""tools/novelty.py: novelty, copies and class share against guidance, for one model or several."""
+"""tools/experiments/novelty.py: novelty, copies and class share against guidance, for one model or several."""
 import json
 import sys
 
@@ -6,7 +6,7 @@ from PIL import Image
 
 from conftest import ROOT, ddpm, save_model_file, tiny_config_values
 
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "tools" / "experiments"))
 import novelty  # noqa: E402
 
 

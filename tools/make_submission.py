@@ -433,7 +433,7 @@ def run_tool(*arguments):
 def report_and_zip(plan):
     """notes.md (written once, then the student's), Report.pdf and, once notes.md has no blank left, the zip;
     returns whether it packed."""
-    import make_report  # reportlab: only the report needs it
+    import make_report  # Jinja2 and Typst: only the report needs them
     args, notes = plan.args, plan.args.out_dir / "notes.md"
     make_report.write_notes_template(notes)
     run_tool(ROOT / "tools" / "make_report.py", "--submission-dir", args.out_dir, "--name", args.first_name,

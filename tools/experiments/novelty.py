@@ -1,7 +1,8 @@
 """How new are a model's samples, against the guidance scale: results/novelty_vs_guidance.png and its numbers.
 
-    python tools/novelty.py --data-dir ../shared/data/animals                       # the shipped model
-    python tools/novelty.py --data-dir DATA --model old=saved_models/ddpm_animals.pt --model new=runs/x/model.pt
+    python tools/experiments/novelty.py --data-dir ../shared/data/animals    # the shipped model
+    python tools/experiments/novelty.py --data-dir DATA --model old=saved_models/ddpm_animals.pt \
+        --model new=runs/x/model.pt
 
 For each model and guidance scale: DDIM-50 samples, --per-class of each class, measured by rollNumber_05's
 nearest-neighbour test against the training photos (and their mirror images). Novelty is the samples' median
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import rollNumber_05 as ddpm  # noqa: E402
 

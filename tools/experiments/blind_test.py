@@ -1,7 +1,7 @@
 """A blind test of a model's classes: shuffled samples for a person to name, and the tally of their answers.
 
-    python tools/blind_test.py make MODEL.pt OUT_DIR [--per-class 10] [--seed 0]
-    python tools/blind_test.py score OUT_DIR/key.json ANSWERS.txt
+    python tools/experiments/blind_test.py make MODEL.pt OUT_DIR [--per-class 10] [--seed 0]
+    python tools/experiments/blind_test.py score OUT_DIR/key.json ANSWERS.txt
 
 `make` draws --per-class samples of every class (DDIM 50, the default guidance, the same sampler as the report's
 grid), shuffles them and writes OUT_DIR/blind.png (numbered tiles, no labels) and OUT_DIR/key.json (which class
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import rollNumber_05 as ddpm  # noqa: E402
 

@@ -1,14 +1,15 @@
 """Speed of rollNumber_05.py: training images per second and sampling seconds per image, eager and compiled.
 
-    python tools/bench.py                           # CUDA if present, else CPU; writes results/bench_<device>.json
-    python tools/bench.py --quick --device cpu      # smoke run, seconds on a CPU: prints, writes no file
-    python tools/bench.py --device cuda --compile   # also compiled, as `train --compile` and `sample --compile` do
+    python tools/experiments/bench.py                  # CUDA if present, else CPU; writes results/bench_<device>.json
+    python tools/experiments/bench.py --quick --device cpu     # smoke run, seconds on a CPU: prints, writes no file
+    python tools/experiments/bench.py --device cuda --compile  # also compiled, as `train/sample --compile` do
 
 Training times the script's own trainer (build_trainer, train_step) on the default class-conditional model, fed
 one fixed batch of random images on the device (no data loading or augmentation): images/s of the median step after
 warm-up, and FLOPs per image (torch.utils.flop_counter). Sampling times generate_from_noise on a fresh model (the
 weights do not change the time) at the largest training size, without and with guidance; DDPM is timed over
---ddpm-steps steps and scaled to T. BENCHMARKS.md shows results/bench_*.json (python tools/make_benchmarks.py).
+--ddpm-steps steps and scaled to T. BENCHMARKS.md shows results/bench_*.json
+(python tools/experiments/make_benchmarks.py).
 """
 import argparse
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import rollNumber_05 as ddpm  # noqa: E402
 

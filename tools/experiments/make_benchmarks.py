@@ -1,6 +1,6 @@
 """Builds BENCHMARKS.md from report/benchmarks.md and results/bench_*.json (and metrics.json).
 
-    python tools/make_benchmarks.py [--check]
+    python tools/experiments/make_benchmarks.py [--check]
 
 The speed and engineering record of the repository: benchmarks, what made the code faster, and the commands
 behind results/. It stays out of Report.pdf and out of the submission. The source is a Jinja2 template filled in
@@ -11,14 +11,17 @@ and results give.
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from make_report import ROOT, ReportError, fill
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/, for make_report's template filling
+from make_report import ROOT, ReportError, fill  # noqa: E402
 
 RESULTS = ROOT / "results"
 SOURCE = ROOT / "report" / "benchmarks.md"
 OUT = ROOT / "BENCHMARKS.md"
 DATA = ("metrics", "bench_cpu", "bench_cuda", "bench_cuda_compile")  # results/NAME.json, named so in the template
-HEADER = "<!-- Built by python tools/make_benchmarks.py from report/benchmarks.md and results/; do not edit. -->"
+HEADER = ("<!-- Built by python tools/experiments/make_benchmarks.py from report/benchmarks.md and results/; "
+          "do not edit. -->")
 
 
 def pick(rows, **match):
@@ -51,7 +54,7 @@ def main(argv=None):
         return 1
     if args.check:
         current = OUT.is_file() and OUT.read_text(encoding="utf-8") == text
-        print(f"{OUT.name} is {'current' if current else 'stale: run python tools/make_benchmarks.py'}",
+        print(f"{OUT.name} is {'current' if current else 'stale: run python tools/experiments/make_benchmarks.py'}",
               file=sys.stderr)
         return 0 if current else 1
     OUT.write_text(text, encoding="utf-8")
