@@ -721,17 +721,18 @@ def stop_requests():
             signal.signal(sig, handler)
 
 class Progress:
-    """Progress of long work on stderr: a line at most every 15 seconds, and one at the end."""
+    """Progress of long work on stderr: a line at most every 15 seconds, and one at the end. `first` is where the
+    work starts (a resumed run's step): the time left comes from the speed since then, not since step 0."""
 
-    def __init__(self, total, label):
-        self.total, self.label, self.start, self.last_line = total, label, time.time(), 0.0
+    def __init__(self, total, label, first=0):
+        self.total, self.label, self.first, self.start, self.last_line = total, label, first, time.time(), 0.0
 
     def update(self, done, text=""):
         now = time.time()
         if now - self.last_line < 15 and done < self.total:
             return
         self.last_line, elapsed = now, now - self.start
-        left = elapsed / max(done, 1) * (self.total - done)
+        left = elapsed / max(done - self.first, 1) * (self.total - done)
         print(f"{self.label} {done}/{self.total} [{format_seconds(elapsed)} done, {format_seconds(left)} left] {text}",
               file=sys.stderr, flush=True)
 
@@ -967,7 +968,7 @@ def training_loop(trainer, stop):
     """Steps from where the run stands to its last step, or until a signal asks it to stop."""
     cfg, device = trainer.cfg, trainer.schedule.betas.device
     bad_in_a_row = 0
-    progress = Progress(trainer.total_steps, "train")
+    progress = Progress(trainer.total_steps, "train", trainer.step)
     steps = range(trainer.step, trainer.total_steps)
     batches = batch_loader(trainer.data, steps, cfg.batch_size * trainer.world_size, trainer.rank, trainer.world_size,
                            cfg.seed, on_gpu=device.type == "cuda")

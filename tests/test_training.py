@@ -161,3 +161,12 @@ def test_the_first_low_res_share_of_the_steps_train_at_half_size(tiny_data, tmp_
     assert sizes == [8] * 3 + [16] * 9  # one forward pass a step: 16 px photos, the first quarter pooled to 8 px
     model, _, loaded = ddpm.load_model(tmp_path / "run" / "model.pt")
     assert loaded.image_size == 16  # the model is a 16 px model: it samples at full size
+
+
+def test_progress_of_a_resumed_run_counts_its_time_left_from_the_speed_since_resuming(monkeypatch, capsys):
+    # resumed at step 900 of 1,000: 10 steps in 20 s leave 90 steps, 180 s; counted from step 0 it said 2 s
+    clock = iter([100.0, 120.0])
+    monkeypatch.setattr(ddpm.time, "time", lambda: next(clock))
+    progress = ddpm.Progress(1000, "train", first=900)
+    progress.update(910)
+    assert "[00:20 done, 03:00 left]" in capsys.readouterr().err
