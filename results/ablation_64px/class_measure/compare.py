@@ -4,6 +4,8 @@
     python results/ablation_64px/class_measure/compare.py color      # classifier on the photos, colour
     python results/ablation_64px/class_measure/compare.py gray       # the same on grey images
     python results/ablation_64px/class_measure/compare.py cas        # trained on the samples, tested on the photos
+    python results/ablation_64px/class_measure/compare.py curve      # colour, at the default run's last checkpoints
+    python results/ablation_64px/class_measure/compare.py score MODEL.pt   # colour, on MODEL's blind-test samples
 
 Kept as it ran (an experiment, not a tool): the measure the comparison favours moves into the script's evaluate.
 The samples are the blind tests' own (tools/experiments/blind_test.py make, seed 1, 10 per class), redrawn from
@@ -82,6 +84,36 @@ def auc(score, truth):
     if len(pos) == 0 or len(neg) == 0: return float("nan")
     return float((pos[:, None] > neg[None]).float().mean() + 0.5 * (pos[:, None] == neg[None]).float().mean())
 
+
+if MODE == "score":  # the colour measure on a model's blind-test samples (blind_test.py make ... --seed 1)
+    model, schedule, cfg = ddpm.load_model(sys.argv[2], "cpu")
+    images, labels = ddpm.training_images(DATA, cfg)
+    judge = train(images, labels, cfg.num_classes)
+    asked = torch.arange(cfg.num_classes).repeat_interleave(10)
+    samples = ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(len(asked), cfg.image_size, 1), "ddim", 50,
+                                       labels=asked, guidance=ddpm.guidance_for(cfg), seed=1)
+    sure = probs(judge, samples)[torch.arange(len(asked)), asked] >= 0.5
+    print(f"{sys.argv[2]}: colour p>=0.5 {sure.float().mean():.2f}  by class "
+          f"{[int(sure[asked == k].sum()) for k in range(cfg.num_classes)]}")
+    sys.exit()
+
+if MODE == "curve":  # the colour measure at each full-size checkpoint of the hard set's default run
+    run = ROOT / "runs" / "ablation_64px" / "default"
+    cfg = ddpm.load_model(run / "model.pt", "cpu")[2]
+    images, labels = ddpm.training_images(DATA, cfg)
+    judge = train(images, labels, cfg.num_classes)
+    info = {r["step"]: r for r in ddpm.read_log(run / "log.csv")}
+    for path in sorted((run / "checkpoints").glob("step_*.pt"))[-5:]:
+        model, schedule, _ = ddpm.load_model(path, "cpu")
+        asked = torch.arange(cfg.num_classes).repeat_interleave(10)
+        samples = ddpm.generate_from_noise(model, schedule, ddpm.seeded_noise(len(asked), cfg.image_size, 1), "ddim",
+                                           50, labels=asked, guidance=ddpm.guidance_for(cfg), seed=1)
+        sure = probs(judge, samples)[torch.arange(len(asked)), asked] >= 0.5
+        step = int(path.stem.split("_")[1])
+        passes = float(info[max(s for s in info if s <= step)]["passes"])
+        print(f"step {step:5d}  {passes:6.0f} passes  colour p>=0.5 {sure.float().mean():.2f}  by class "
+              f"{[int(sure[asked == k].sum()) for k in range(cfg.num_classes)]}", flush=True)
+    sys.exit()
 
 if MODE == "cas":
     for name in ["easy", "hard"]:
