@@ -177,6 +177,8 @@ def test_evaluate_writes_metrics_json(cli):
     assert 0 <= metrics["memorisation_rate"] <= 1
     assert 1 <= metrics["nearest_photos_distinct"] <= metrics["samples"]
     assert metrics["samples"] == 4 and metrics["train_images"] == 12
+    assert 0 <= metrics["judged_class_share"] <= 1 and 0 <= metrics["judge_photo_accuracy"] <= 1
+    assert len(metrics["judged_class_share_by_class"]) == len(metrics["classes"])
     assert json.loads(out)["denoising_loss"] == metrics["denoising_loss"]  # stdout carries the same numbers
 
 

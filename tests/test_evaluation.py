@@ -93,3 +93,59 @@ def test_a_real_photos_nearest_other_photo_is_often_of_another_class(real_animal
     images, labels = ddpm.to_model_range(data.images), data.labels
     share = summary_of(images[:5], images, labels[:5], labels)["leave_one_out_class_share"]
     assert 0.3 < share < 0.7
+
+
+# --- the class judge: a classifier trained on the photos names the animal a sample shows ----------------------
+
+def patterned_images(per_class, seed):
+    """Three kinds of 16 px picture, in random colours, that only their layout tells apart: horizontal stripes,
+    vertical stripes, a bright square on a dark ground."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.arange(16)
+    kinds = [(rows[:, None] // 2 % 2).expand(16, 16), (rows[None, :] // 2 % 2).expand(16, 16),
+             ((rows[:, None] - 7.5).abs().clamp(min=(rows[None, :] - 7.5).abs()) < 5)]
+    images, labels = [], []
+    for label, pattern in enumerate(kinds):
+        for _ in range(per_class):
+            colour = torch.rand(3, 1, 1, generator=gen) * 0.6 + 0.4
+            image = pattern.float() * colour * 2 - 1 + 0.15 * torch.randn(3, 16, 16, generator=gen)
+            images.append(image.clamp(-1, 1))
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels)
+
+
+@pytest.fixture(scope="module")
+def judges():
+    photos, labels = patterned_images(10, seed=0)
+    return ddpm.class_judges(photos, labels, 3)
+
+
+def test_judges_name_new_pictures_of_the_kinds_they_learnt(judges):
+    judges, photo_accuracy = judges
+    assert len(judges) == ddpm.JUDGE_FOLDS and photo_accuracy >= 0.9  # each photo named by a judge that never saw it
+    new, labels = patterned_images(5, seed=1)
+    share, by_class = ddpm.judged_class_share(judges, new, labels)
+    assert share >= 0.9 and min(by_class) >= 0.8
+
+
+def test_a_picture_asked_for_another_kind_is_judged_a_failure(judges):
+    judges, _ = judges
+    new, labels = patterned_images(5, seed=1)
+    share, by_class = ddpm.judged_class_share(judges, new, (labels + 1) % 3)
+    assert share <= 0.1
+
+
+def test_by_class_share_is_none_for_a_class_no_sample_asked_for(judges):
+    judges, _ = judges
+    new, labels = patterned_images(2, seed=2)
+    share, by_class = ddpm.judged_class_share(judges, new[labels < 2], labels[labels < 2])
+    assert by_class[2] is None and len(by_class) == 3
+
+
+def test_training_a_judge_leaves_the_global_random_numbers_alone():
+    photos, labels = patterned_images(2, seed=0)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    ddpm.train_judge(photos, labels, 3, seed=0)
+    assert torch.equal(torch.rand(3), expected)

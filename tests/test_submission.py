@@ -149,7 +149,7 @@ def test_lr_results_record_each_run_its_failure_and_the_picked_rate(tmp_path):
         (folders[lr] / "evals").mkdir()
         (folders[lr] / "evals" / "model.json").write_text(json.dumps(
             {"step": 20, "denoising_loss": sum(per_t.values()) / len(per_t), "denoising_loss_per_t": per_t,
-             "novelty": 1.0, "copy_share": 0.0, "asked_class_share": 0.5}))
+             "novelty": 1.0, "copy_share": 0.0, "asked_class_share": 0.5, "judged_class_share": 0.4}))
     sweep = sub.lr_results(plan, diverged=[3e-3])
     assert [(r["label"], r["failed"], r["diverged"], r["is_default"]) for r in sweep["runs"]] == [
         ("3e-3", "diverged", True, False), ("1e-3", None, False, True), ("2e-4", "collapsed", False, False)]

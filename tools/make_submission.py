@@ -21,6 +21,7 @@ writing notes.md, a rerun only rebuilds the report and the zip.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -130,6 +131,12 @@ class Plan:
         return {**self.profile.train, "seed": self.seed, "lr": self.cfg.lr,
                 "save_every": max(1, math.ceil(self.total_steps / self.profile.checkpoints)), "keep_checkpoints": 0}
 
+    @functools.cached_property
+    def judges(self):
+        """evaluate's class judges with their accuracy on photos, trained once and shared by every evaluation."""
+        images, labels = ddpm.training_images(self.args.data_dir, self.cfg)
+        return ddpm.class_judges(images, labels, self.cfg.num_classes, self.seed)
+
     @property
     def lr_runs(self):
         """(rate, folder, `train` flags) of each learning-rate run, highest rate first."""
@@ -171,8 +178,8 @@ def seconds_per_image(cfg, device, size):
 
 def estimate(plan):
     """Seconds per stage. A guided sampling step runs the network twice without gradients: about two thirds of what
-    a training step (forward and backward) spends per image. The loss on the photos, a tenth of an evaluation, and
-    the nearest-photo search are left out."""
+    a training step (forward and backward) spends per image. The loss on the photos, a tenth of an evaluation, the
+    nearest-photo search and the class judges (trained once, about 2 minutes on a 2-core CPU) are left out."""
     cfg, profile, device = plan.cfg, plan.profile, torch.device(plan.profile.device)
     full = seconds_per_image(cfg, device, cfg.image_size)
     half = seconds_per_image(cfg, device, cfg.image_size // 2) if cfg.low_res_share else full
@@ -291,11 +298,12 @@ def evaluate_checkpoint(plan, path, num_samples, out_json):
     else:
         with contextlib.redirect_stderr(io.StringIO()):  # the data's warnings were shown once, in the plan
             result = ddpm.evaluate(path, plan.args.data_dir, out_json, plan.profile.device, num_samples,
-                                   seed=plan.seed)
+                                   seed=plan.seed, judges=plan.judges)
     result["denoising_loss_past_t1"] = loss_past_t1(result["denoising_loss_per_t"])
     print(f"  {out_json.parent.parent.name} step {result['step']}: loss past t = 1 "
           f"{result['denoising_loss_past_t1']:.4f}, novelty {result['novelty']:.2f}, copies "
-          f"{result['copy_share']:.0%}, asked class {result['asked_class_share']:.0%}", file=sys.stderr)
+          f"{result['copy_share']:.0%}, asked class {result['asked_class_share']:.0%}, judged its class "
+          f"{result['judged_class_share']:.0%}", file=sys.stderr)
     return result
 
 
@@ -414,7 +422,8 @@ def make_results(plan, checkpoints, chosen, lr_sweep, stages):
                      "final_loss_per_t_quarter": [figures.final_mean(log, f"loss_t{q}") for q in range(1, 5)]},
         "targets": TARGETS,
         "checkpoints": [{k: r[k] for k in ("step", "denoising_loss", "denoising_loss_past_t1", "novelty", "copy_share",
-                                           "asked_class_share", "memorisation_rate", "nearest_photos_distinct")}
+                                           "asked_class_share", "judged_class_share", "memorisation_rate",
+                                           "nearest_photos_distinct")}
                         | {"meets_targets": not misses(r)} for r in checkpoints],
         "chosen": {k: v for k, v in chosen.items() if k != "model_sha256"},
         "evaluation": {k: v for k, v in evaluation.items() if k != "checkpoint"},

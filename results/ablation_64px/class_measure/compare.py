@@ -6,6 +6,10 @@
     python results/ablation_64px/class_measure/compare.py cas        # trained on the samples, tested on the photos
     python results/ablation_64px/class_measure/compare.py curve      # colour, at the default run's last checkpoints
     python results/ablation_64px/class_measure/compare.py score MODEL.pt   # colour, on MODEL's blind-test samples
+    python results/ablation_64px/class_measure/compare.py samples long     # the long row's blind-rated samples
+    python results/ablation_64px/class_measure/compare.py folds      # the measure as evaluate has it, on all three
+    python results/ablation_64px/class_measure/compare.py seeds      # one judge, three training seeds, hard and long
+    python results/ablation_64px/class_measure/compare.py folds_seeds   # evaluate's five judges at seeds 1 and 2
 
 Kept as it ran (an experiment, not a tool): the measure the comparison favours moves into the script's evaluate.
 The samples are the blind tests' own (tools/experiments/blind_test.py make, seed 1, 10 per class), redrawn from
@@ -25,9 +29,11 @@ DATA = ROOT.parent / "shared" / "data" / "animals"
 OUT = Path("/tmp/class_measure"); OUT.mkdir(exist_ok=True)
 MODE = sys.argv[1] if len(sys.argv) > 1 else "color"
 
-if MODE == "samples":
-    for name, model_path, blind in [("easy", f"{ROOT}/saved_models/ddpm_animals.pt", f"{ROOT}/results/ablation_64px/blind_shipped"),
-                                   ("hard", f"{ROOT}/runs/ablation_64px/default/model.pt", f"{ROOT}/results/ablation_64px/default/blind")]:
+BLIND = [("easy", f"{ROOT}/saved_models/ddpm_animals.pt", f"{ROOT}/results/ablation_64px/blind_shipped"),
+         ("hard", f"{ROOT}/runs/ablation_64px/default/model.pt", f"{ROOT}/results/ablation_64px/default/blind"),
+         ("long", f"{ROOT}/runs/ablation_64px/long/model.pt", f"{ROOT}/results/ablation_64px/long/blind")]
+if MODE == "samples":  # add a name after "samples" to draw only that model's
+    for name, model_path, blind in [b for b in BLIND if len(sys.argv) < 3 or b[0] in sys.argv[2:]]:
         model, schedule, cfg = ddpm.load_model(model_path, "cpu")
         per_class, seed = 10, 1
         labels = torch.arange(cfg.num_classes).repeat_interleave(per_class)
@@ -113,6 +119,56 @@ if MODE == "curve":  # the colour measure at each full-size checkpoint of the ha
         passes = float(info[max(s for s in info if s <= step)]["passes"])
         print(f"step {step:5d}  {passes:6.0f} passes  colour p>=0.5 {sure.float().mean():.2f}  by class "
               f"{[int(sure[asked == k].sum()) for k in range(cfg.num_classes)]}", flush=True)
+    sys.exit()
+
+if MODE == "folds":  # the measure as evaluate has it: five judges, each trained on four fifths of the photos
+    for name, _, _ in BLIND:
+        d = torch.load(f"{OUT}/{name}_blind.pt", weights_only=False)
+        cfg = d["cfg"]
+        images, labels = ddpm.training_images(DATA, cfg)
+        t0 = time.time()
+        judges, accuracy = ddpm.class_judges(images, labels, cfg.num_classes)
+        p = ddpm.judge_probabilities(judges, d["images"])
+        asked = d["labels"]; right = torch.tensor([v == "right" for v in d["verdict"]])
+        sure = p[torch.arange(len(asked)), asked] >= 0.5
+        print(f"{name}: judges' accuracy on held-out photos {accuracy:.2f} ({time.time() - t0:.0f} s); judged "
+              f"{sure.float().mean():.2f}, rater {right.float().mean():.2f}; agree on {(sure == right).float().mean():.2f} "
+              f"of the samples; AUC {auc(p[torch.arange(len(asked)), asked], right):.2f}")
+        print(f"  by class judged {[int(sure[asked == k].sum()) for k in range(cfg.num_classes)]}  rater "
+              f"{[int(right[asked == k].sum()) for k in range(cfg.num_classes)]}  {cfg.classes}", flush=True)
+        pa = p[torch.arange(len(asked)), asked]
+        torch.save({"p_asked": pa, "right": right, "asked": asked, "accuracy": accuracy}, f"{OUT}/{name}_folds.pt")
+        for threshold in (0.6, 0.7, 0.8, 0.9):
+            sure = pa >= threshold
+            print(f"  p >= {threshold}: judged {sure.float().mean():.2f}, agree {(sure == right).float().mean():.2f}, "
+                  f"by class {[int(sure[asked == k].sum()) for k in range(cfg.num_classes)]}", flush=True)
+    sys.exit()
+
+if MODE == "seeds":  # how much one judge's verdict depends on its training draw: the same samples, three seeds
+    for name, _, _ in BLIND[1:]:
+        d = torch.load(f"{OUT}/{name}_blind.pt", weights_only=False)
+        images, labels = ddpm.training_images(DATA, d["cfg"])
+        asked = d["labels"]; right = torch.tensor([v == "right" for v in d["verdict"]])
+        for seed in range(3):
+            for who, judge in [("compare.py's judge", train(images, labels, len(d["classes"]), seed=seed))] * (seed == 0) + [
+                               ("the script's judge", ddpm.train_judge(images, labels, len(d["classes"]), seed))]:
+                sure = (ddpm.judge_probabilities([judge], d["images"]) if who[4] == "s" else probs(judge, d["images"]))[torch.arange(len(asked)), asked] >= 0.5
+                print(f"{name} seed {seed} {who}: judged {sure.float().mean():.2f} (rater {right.float().mean():.2f}), "
+                      f"agree {(sure == right).float().mean():.2f}, by class {[int(sure[asked == k].sum()) for k in range(5)]}", flush=True)
+    sys.exit()
+
+if MODE == "folds_seeds":  # the five judges of evaluate at two more seeds: how much the adopted measure moves
+    for name, _, _ in BLIND:
+        d = torch.load(f"{OUT}/{name}_blind.pt", weights_only=False)
+        images, labels = ddpm.training_images(DATA, d["cfg"])
+        asked = d["labels"]; right = torch.tensor([v == "right" for v in d["verdict"]])
+        for seed in (1, 2):
+            judges, accuracy = ddpm.class_judges(images, labels, len(d["classes"]), seed)
+            share, by_class = ddpm.judged_class_share(judges, d["images"], asked)
+            sure = ddpm.judge_probabilities(judges, d["images"])[torch.arange(len(asked)), asked] >= ddpm.JUDGE_SURE
+            print(f"{name} seed {seed}: accuracy on new photos {accuracy:.2f}; judged {share:.2f} (rater "
+                  f"{right.float().mean():.2f}), agree {(sure == right).float().mean():.2f}, by class "
+                  f"{[round(10 * s) for s in by_class]}", flush=True)
     sys.exit()
 
 if MODE == "cas":
