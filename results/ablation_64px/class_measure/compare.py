@@ -8,6 +8,8 @@
     python results/ablation_64px/class_measure/compare.py score MODEL.pt   # colour, on MODEL's blind-test samples
     python results/ablation_64px/class_measure/compare.py samples long     # the long row's blind-rated samples
     python results/ablation_64px/class_measure/compare.py folds      # the measure as evaluate has it, on all three
+    python results/ablation_64px/class_measure/compare.py samples no_augment no_min_snr   # two more rows, then
+    python results/ablation_64px/class_measure/compare.py folds no_augment no_min_snr     # the same on them
     python results/ablation_64px/class_measure/compare.py seeds      # one judge, three training seeds, hard and long
     python results/ablation_64px/class_measure/compare.py folds_seeds   # evaluate's five judges at seeds 1 and 2
 
@@ -31,7 +33,9 @@ MODE = sys.argv[1] if len(sys.argv) > 1 else "color"
 
 BLIND = [("easy", f"{ROOT}/saved_models/ddpm_animals.pt", f"{ROOT}/results/ablation_64px/blind_shipped"),
          ("hard", f"{ROOT}/runs/ablation_64px/default/model.pt", f"{ROOT}/results/ablation_64px/default/blind"),
-         ("long", f"{ROOT}/runs/ablation_64px/long/model.pt", f"{ROOT}/results/ablation_64px/long/blind")]
+         ("long", f"{ROOT}/runs/ablation_64px/long/model.pt", f"{ROOT}/results/ablation_64px/long/blind"),
+         ("no_augment", f"{ROOT}/runs/ablation_64px/no_augment/model.pt", f"{ROOT}/results/ablation_64px/no_augment/blind"),
+         ("no_min_snr", f"{ROOT}/runs/ablation_64px/no_min_snr/model.pt", f"{ROOT}/results/ablation_64px/no_min_snr/blind")]
 if MODE == "samples":  # add a name after "samples" to draw only that model's
     for name, model_path, blind in [b for b in BLIND if len(sys.argv) < 3 or b[0] in sys.argv[2:]]:
         model, schedule, cfg = ddpm.load_model(model_path, "cpu")
@@ -122,7 +126,7 @@ if MODE == "curve":  # the colour measure at each full-size checkpoint of the ha
     sys.exit()
 
 if MODE == "folds":  # the measure as evaluate has it: five judges, each trained on four fifths of the photos
-    for name, _, _ in BLIND:
+    for name, _, _ in [b for b in BLIND if len(sys.argv) < 3 or b[0] in sys.argv[2:]]:
         d = torch.load(f"{OUT}/{name}_blind.pt", weights_only=False)
         cfg = d["cfg"]
         images, labels = ddpm.training_images(DATA, cfg)
