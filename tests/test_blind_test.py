@@ -35,3 +35,21 @@ def test_the_score_counts_each_kind_of_answer_per_asked_class(tmp_path, capsys):
                      "Fox": {"right": 0, "other class": 0, "cannot tell": 1},
                      "Owl": {"right": 1, "other class": 0, "cannot tell": 1}}
     assert "all          right 2 of 5" in capsys.readouterr().out
+
+
+def test_several_guidance_scales_share_one_shuffled_sheet_and_are_scored_apart(tmp_path, capsys):
+    cfg = ddpm.Config(**tiny_config_values(classes=CLASSES, conditional=True))
+    blind_test.make(save_model_file(tmp_path / "model.pt", cfg), tmp_path, per_class=2, seed=1, scales=[1.0, 5.0])
+    key = json.loads((tmp_path / "key.json").read_text())
+    assert Counter(key["guidance"].values()) == {1.0: 6, 5.0: 6}
+    assert Counter((key["asked"][n], g) for n, g in key["guidance"].items()) == {
+        (name, scale): 2 for name in CLASSES for scale in (1.0, 5.0)}
+    assert [key["guidance"][str(n)] for n in range(1, 13)] != [1.0] * 6 + [5.0] * 6
+    right_at_5 = [n for n, g in key["guidance"].items() if g == 5.0]
+    (tmp_path / "answers.txt").write_text("".join(f"{n} {key['asked'][n]}\n" for n in right_at_5))
+    blind_test.score(tmp_path / "key.json", tmp_path / "answers.txt")
+    tally = json.loads((tmp_path / "tally.json").read_text())
+    assert tally["guidance 5"]["Fox"] == {"right": 2, "other class": 0, "cannot tell": 0}
+    assert tally["guidance 1"]["Fox"] == {"right": 0, "other class": 0, "cannot tell": 2}
+    out = capsys.readouterr().out
+    assert "guidance 1\n" in out and "all          right 0 of 6" in out and "all          right 6 of 6" in out
