@@ -1462,7 +1462,7 @@ def evaluate(checkpoint, data_dir, out_json, device="auto", num_samples=50, samp
               "samples": num_samples, "sampler": sampler, "steps": steps, "guidance": guidance,
               **nearest_neighbour_summary(distances, indices, leave_one_out(images), asked, labels),
               "judged_class_share": judged_share, "judged_class_share_by_class": judged_by_class,
-              "judge_photo_accuracy": judge_accuracy}
+              "judge_photo_accuracy": judge_accuracy, "judges": len(judges), "judge_sure": JUDGE_SURE}
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))

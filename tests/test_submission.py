@@ -27,8 +27,10 @@ SMOKE_CLASSES = {"Snow Owl": ((230, 230, 240), "checker"), "Red Fox": ((200, 80,
                  "Moth": ((90, 70, 50), "horizontal")}
 
 
-def result(step, share=0.95, novelty=0.9, copies=0.1):
-    return {"step": step, "asked_class_share": share, "novelty": novelty, "copy_share": copies}
+def result(step, share=0.95, novelty=0.9, copies=0.1, photos=0.9):
+    """A checkpoint's evaluation: judged class share, novelty, copies, and the judges' accuracy on new photos."""
+    return {"step": step, "judged_class_share": share, "novelty": novelty, "copy_share": copies,
+            "judge_photo_accuracy": photos}
 
 
 def test_the_latest_checkpoint_that_meets_every_target_is_chosen():
@@ -40,9 +42,15 @@ def test_without_a_checkpoint_that_meets_the_targets_the_nearest_is_chosen_and_i
     results = [result(600, share=0.5), result(700, share=0.85), result(800, share=0.8, copies=0.45)]
     chosen = sub.choose_checkpoint(results)
     assert chosen["step"] == 700
-    assert sub.misses(chosen) == ["asked class 85% (target: at least 90%)"]
+    assert sub.misses(chosen) == ["judged class 85% (target: at least 90%)"]
     assert sub.misses(result(1, novelty=0.5, copies=0.6)) == ["novelty 0.50 (target: at least 0.75)",
                                                               "copies 60% (target: at most 40%)"]
+
+
+def test_the_class_target_is_the_judges_accuracy_on_new_photos():
+    assert sub.targets_for(result(1, photos=0.56)) == {"judged_class_share": 0.56, "novelty": 0.75, "copy_share": 0.4}
+    assert sub.misses(result(1, share=0.6, photos=0.56)) == []
+    assert sub.misses(result(1, share=0.5, photos=0.56)) == ["judged class 50% (target: at least 56%)"]
 
 
 def test_of_two_equally_near_checkpoints_the_later_is_chosen():
@@ -92,7 +100,7 @@ def test_a_run_with_finite_losses_collapsed_when_its_loss_past_t1_is_over_half_o
 
 def lr_run(lr, loss, share=0.6, failed=None):
     """A learning-rate run with the numbers pick_lr reads."""
-    return {"lr": lr, "denoising_loss_past_t1": loss, "asked_class_share": share, "failed": failed}
+    return {"lr": lr, "denoising_loss_past_t1": loss, "judged_class_share": share, "failed": failed}
 
 
 def test_the_default_rate_is_kept_when_no_other_is_ten_percent_better():
@@ -103,7 +111,7 @@ def test_the_default_rate_is_kept_when_no_other_is_ten_percent_better():
 def test_a_clearly_better_rate_replaces_the_default_when_its_class_share_is_no_lower():
     runs = [lr_run(3e-3, 0.0220, share=0.60), lr_run(1e-3, 0.0250, share=0.60), lr_run(2e-4, 0.0410)]  # 12% lower
     assert sub.pick_lr(runs, default_lr=1e-3) == 3e-3
-    runs[0]["asked_class_share"] = 0.58
+    runs[0]["judged_class_share"] = 0.58
     assert sub.pick_lr(runs, default_lr=1e-3) == 1e-3
 
 

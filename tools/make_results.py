@@ -151,17 +151,17 @@ def reverse_process(model, schedule, cfg, out, seed):
 
 
 def checkpoint_choice(checkpoints, targets, chosen_step, path):
-    """checkpoints.png: novelty, copy share and class share of each evaluated checkpoint against its step, the
-    targets dashed and the chosen checkpoint marked."""
+    """checkpoints.png: judged class share, novelty and copy share of each evaluated checkpoint against its step,
+    the targets dashed and the chosen checkpoint marked."""
     plt = ddpm.pyplot()
     steps = [c["step"] for c in checkpoints]
-    panels = [("asked_class_share", "nearest photo of the asked class", "at least"),
+    panels = [("judged_class_share", "named its class by the judges", "at least"),
               ("novelty", "novelty (1: like a new real photo)", "at least"),
               ("copy_share", "copy share", "at most")]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3))
     for ax, (key, title, bound) in zip(axes, panels):
         ax.plot(steps, [c[key] for c in checkpoints], "o-")
-        ax.axhline(targets[key], color="grey", linestyle="--", label=f"target: {bound} {targets[key]:g}")
+        ax.axhline(targets[key], color="grey", linestyle="--", label=f"target: {bound} {targets[key]:.2f}")
         ax.axvline(chosen_step, color="red", alpha=0.5, label=f"chosen: step {chosen_step:,}")
         ax.set(xlabel="training step", title=title, ylim=(0, max(1.05, ax.get_ylim()[1])))
         ax.legend(fontsize=7)
