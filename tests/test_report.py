@@ -278,8 +278,8 @@ def test_the_class_target_is_the_judges_accuracy_on_new_photos_and_is_said_met_o
     metrics = synthetic_metrics(RUN_A)  # samples 70%, new photos 60%
     text = source_text(metrics)
     assert "a judged class share at least the judges' own accuracy on new photos, 60%" in text
-    assert "They name 70% of 50 samples of the chosen model as the class asked for" in text
-    assert "each judge names 60% of the photos it was not trained on right" in text
+    assert "a probability of at least 0.7: 70% of 50 samples of the chosen model do" in text
+    assert "each judge names the class of 60% of the photos it was not trained on correctly" in text
     assert "at least as often as new photos are: the class target is met." in text and "is missed" not in text
     metrics["evaluation"]["judged_class_share"] = 0.45
     text = source_text(metrics)
