@@ -44,16 +44,13 @@ SCRIPT = ROOT / "rollNumber_05.py"
 # Early stopping before memorisation: the latest checkpoint whose samples show the asked class, sit about as far
 # from the photos as a new photo would, and copy few of them (Favero et al. 2025: copying sets in later the more
 # photos there are; the copy test is the photos' own leave-one-out distance).
-TARGETS = {"novelty": 0.75, "copy_share": 0.4}
+# The class target, 70% of the samples named their class by evaluate's judges: the repository's own classes score
+# 76-84% (a person names 90% of those samples), a set of five brown and grey animals 39-49% (a person 44-56%)
+# (results/ablation_64px). It sits above what the judges score on new real photos (51-72%): guided samples are
+# more typical of their class than photos are.
+TARGETS = {"judged_class_share": 0.7, "novelty": 0.75, "copy_share": 0.4}
 AT_MOST = {"copy_share"}  # the other targets are lower bounds
 TARGET_NAMES = {"judged_class_share": "judged class", "novelty": "novelty", "copy_share": "copies"}
-
-
-def targets_for(result):
-    """The targets of one evaluation. The class target is the photos' own: the judges must name the samples at least
-    as often as they name new real photos (results/ablation_64px: met where a person names 90% of the samples of
-    the easy set, missed where a person names 44-52% of a hard set's)."""
-    return {"judged_class_share": result["judge_photo_accuracy"], **TARGETS}
 GUIDANCE_SCALES = (1.0, 2.0, 3.0, 5.0)
 # Another learning rate replaces the default only if its loss is this much lower: the default is the rate the recipe
 # was tested at through its whole schedule, and a small lead after a shortened run need not last that long.
@@ -322,17 +319,16 @@ def evaluate_main(plan):
 
 
 def misses(result):
-    """The targets a checkpoint misses, in words, e.g. ['judged class 42% (target: at least 56%)']."""
+    """The targets a checkpoint misses, in words, e.g. ['judged class 42% (target: at least 70%)']."""
     def shown(key, value):
         return f"{value:.2f}" if key == "novelty" else f"{value:.0%}"  # the shares in percent
     return [f"{TARGET_NAMES[k]} {shown(k, result[k])} (target: {'at most' if k in AT_MOST else 'at least'} "
-            f"{shown(k, t)})" for k, t in targets_for(result).items() if (result[k] > t if k in AT_MOST else result[k] < t)]
+            f"{shown(k, t)})" for k, t in TARGETS.items() if (result[k] > t if k in AT_MOST else result[k] < t)]
 
 
 def shortfall(result):
     """How far a checkpoint is from meeting every target: the sum of its relative misses (0 when it meets them)."""
-    return sum(max(0.0, (result[k] - t) if k in AT_MOST else (t - result[k])) / t
-               for k, t in targets_for(result).items())
+    return sum(max(0.0, (result[k] - t) if k in AT_MOST else (t - result[k])) / t for k, t in TARGETS.items())
 
 
 def choose_checkpoint(results):
@@ -408,14 +404,14 @@ def make_results(plan, checkpoints, chosen, lr_sweep, stages):
     images, _ = ddpm.training_images(args.data_dir, cfg)
     log = ddpm.read_log(plan.main_run / "log.csv")
     ddpm.plot_loss_curve(log, out / "loss_curve.png")
-    evaluation = next(r for r in checkpoints if r["step"] == chosen["step"])
-    figures.checkpoint_choice(checkpoints, targets_for(evaluation), chosen["step"], out / "checkpoints.png")
+    figures.checkpoint_choice(checkpoints, TARGETS, chosen["step"], out / "checkpoints.png")
     figures.lr_sweep([(lr, folder) for lr, folder, _ in plan.lr_runs], out)
     figures.per_class_samples(model, schedule, cfg, out, plan.profile.figure_samples, seed)
     figures.reverse_process(model, schedule, cfg, out, seed)
     sampling_seconds = figures.sampler_comparison(model, schedule, cfg, out, seed)
     figures.guidance_comparison(model, schedule, cfg, out, seed, GUIDANCE_SCALES)
     figures.nearest_neighbours(model, schedule, cfg, images, out, seed)
+    evaluation = next(r for r in checkpoints if r["step"] == chosen["step"])
     metrics = {
         "classes": cfg.classes,
         "run": {"command": (f"python tools/make_submission.py --data-dir DATA --classes {','.join(args.classes)} "
@@ -429,7 +425,7 @@ def make_results(plan, checkpoints, chosen, lr_sweep, stages):
                      "low_res_steps": math.ceil(plan.cfg.low_res_share * plan.total_steps),
                      "final_loss": figures.final_mean(log, "loss"),
                      "final_loss_per_t_quarter": [figures.final_mean(log, f"loss_t{q}") for q in range(1, 5)]},
-        "targets": targets_for(evaluation),
+        "targets": TARGETS,
         "checkpoints": [{k: r[k] for k in ("step", "denoising_loss", "denoising_loss_past_t1", "novelty", "copy_share",
                                            "asked_class_share", "judged_class_share", "memorisation_rate",
                                            "nearest_photos_distinct")}
