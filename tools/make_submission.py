@@ -44,10 +44,10 @@ SCRIPT = ROOT / "rollNumber_05.py"
 # Early stopping before memorisation: the latest checkpoint whose samples show the asked class, sit about as far
 # from the photos as a new photo would, and copy few of them (Favero et al. 2025: copying sets in later the more
 # photos there are; the copy test is the photos' own leave-one-out distance).
-# The class target, 70% of the samples named their class by evaluate's judges: the repository's own classes score
-# 76-84% (a person names 90% of those samples), a set of five brown and grey animals 39-49% (a person 44-56%)
-# (results/ablation_64px). It sits above what the judges score on new real photos (51-72%): guided samples are
-# more typical of their class than photos are.
+# The class target, 70% of the samples named their class by evaluate's judges: the repository's own model scores
+# 88% (a person names 90% of its samples), five brown and grey animals 39-49% (a person 44-56%), with 4-6 points
+# between draws (results/ablation_64px). It sits above what the judges score on new real photos (51-72%): guided
+# samples are more typical of their class than photos are.
 TARGETS = {"judged_class_share": 0.7, "novelty": 0.75, "copy_share": 0.4}
 AT_MOST = {"copy_share"}  # the other targets are lower bounds
 TARGET_NAMES = {"judged_class_share": "judged class", "novelty": "novelty", "copy_share": "copies"}
