@@ -95,7 +95,6 @@ class Config:
     channel_mults: list = field(default_factory=lambda: [1, 2, 2, 4])
     num_res_blocks: int = 1
     attention_resolutions: list = field(default_factory=lambda: [8])
-    head_channels: int = 16  # a full-resolution layer against the patch folding's grid (UNet.__init__)
     dropout: float = 0.0
     conditional: bool = True  # every class can be asked for, and guidance sharpens it
     cond_drop: float = 0.1  # a tenth of the steps train the unconditional model guidance needs (Ho & Salimans)
@@ -120,7 +119,7 @@ class Config:
     max_bad_steps: int = 20
 
 ARCHITECTURE_KEYS = ("image_size", "timesteps", "patch_size", "base_channels", "channel_mults", "num_res_blocks",
-                     "attention_resolutions", "head_channels", "conditional", "num_classes", "augment")
+                     "attention_resolutions", "conditional", "num_classes", "augment")
 
 def config_from_dict(stored):
     known = {f.name for f in dataclasses.fields(Config)}  # keys of removed options are passed over
@@ -495,12 +494,9 @@ class UNet(nn.Module):
                 self.up.append(Upsample(in_ch))
                 res *= 2
         self.out_norm = group_norm(in_ch)
-        out_ch = cfg.head_channels or 3  # without the head, straight to 3p^2 channels = p x p pixels of colour
-        self.out_conv = nn.Conv2d(in_ch, out_ch * self.patch ** 2, 3, padding=1)  # depth-to-space follows in forward
-        # a 3x3 conv at full resolution mixes pixels across patch borders: against the p x p grid of the folding
-        self.head = zero_init(nn.Conv2d(out_ch, 3, 3, padding=1)) if cfg.head_channels else None
-        if self.head is None:  # the last layer starts at zero: the first prediction is 0, the noise's mean
-            zero_init(self.out_conv)
+        # 3p^2 channels = p x p pixels of colour, unfolded by depth-to-space in forward; it starts at zero, so the
+        # first prediction is 0, the noise's mean
+        self.out_conv = zero_init(nn.Conv2d(in_ch, 3 * self.patch ** 2, 3, padding=1))
 
     def forward(self, x, t, labels=None, augment=None):
         """x_t [b, 3, H, W], t [b] -> predicted noise [b, 3, H, W]. With p = 2 and the default 1,2,2,4 at 64 px the
@@ -523,8 +519,7 @@ class UNet(nn.Module):
             if isinstance(layer, Block):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = layer(h, emb)
-        out = F.pixel_shuffle(self.out_conv(F.silu(self.out_norm(h))), self.patch)
-        return out if self.head is None else self.head(F.silu(out))
+        return F.pixel_shuffle(self.out_conv(F.silu(self.out_norm(h))), self.patch)
 
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
@@ -1500,8 +1495,6 @@ def add_train_parser(commands):
     flag("--channel-mults", type=int_list, help="channel multiplier per level (1,2,2,4)")
     flag("--num-res-blocks", type=positive_int, help=f"residual blocks per level ({d.num_res_blocks})")
     flag("--attention-resolutions", type=int_list, help="feature-map sizes with self-attention (8)")
-    flag("--head-channels", type=non_negative_int, help=f"channels of the full-resolution output layer "
-                                                        f"({d.head_channels}; 0: none)")
     flag("--dropout", type=probability, help=f"dropout in residual blocks ({d.dropout})")
     flag("--conditional", action=on_off, help="class-conditional (default: on; --no-conditional: one model)")
     flag("--cond-drop", type=probability, help=f"share of steps trained without their class ({d.cond_drop})")

@@ -31,24 +31,12 @@ def test_fresh_model_predicts_zero_noise(tiny_config):
     assert torch.equal(out, torch.zeros_like(out))  # zero-initialised output layer: first guess is the noise mean
 
 
-def test_head_channels_add_a_full_resolution_layer_after_the_depth_to_space(tiny_config):
-    folded = tiny_config(patch_size=2, head_channels=0)
-    with_head = tiny_config(patch_size=2, head_channels=6)
-    assert not hasattr(ddpm.UNet(folded), "head") or ddpm.UNet(folded).head is None
-    head = ddpm.UNet(with_head).head
-    assert (head.in_channels, head.out_channels, head.kernel_size) == (6, 3, (3, 3))  # 3x3 across patch borders
-    assert ddpm.UNet(with_head).out_conv.out_channels == 6 * 2 ** 2  # 6 maps of 2x2 pixels each, folded
-    x = batch(with_head)
-    with torch.no_grad():
-        assert torch.equal(ddpm.UNet(with_head)(x, torch.tensor([3, 40])), torch.zeros_like(x))  # zero-initialised
-
-
 def test_a_stored_config_with_keys_of_removed_options_still_loads(tiny_config):
-    """The shipped model's config still holds `loss` and `schedule`, options that have since gone."""
-    stored = {**ddpm.dataclasses.asdict(tiny_config(head_channels=6)), "loss": "mse", "schedule": "linear"}
+    """Earlier models' configs hold `loss` and `schedule`, options that have since gone."""
+    stored = {**ddpm.dataclasses.asdict(tiny_config()), "loss": "mse", "schedule": "linear"}
     cfg = ddpm.config_from_dict(stored)
-    assert cfg == tiny_config(head_channels=6)
-    ddpm.build_model(cfg, ddpm.UNet(tiny_config(head_channels=6)).state_dict())  # the weights fit
+    assert cfg == tiny_config()
+    ddpm.build_model(cfg, ddpm.UNet(tiny_config()).state_dict())  # the weights fit
 
 
 def test_output_depends_on_t(tiny_config):

@@ -82,7 +82,7 @@ PROFILES = {
                    figure_samples=8),
     # seconds on a CPU: checks that every stage runs, says nothing about quality
     "smoke": Profile(device="cpu", train={"image_size": 16, "patch_size": 1, "base_channels": 8,
-                                          "channel_mults": [1, 2], "attention_resolutions": [8], "head_channels": 4,
+                                          "channel_mults": [1, 2], "attention_resolutions": [8],
                                           "timesteps": 50, "batch_size": 8, "epochs": 12, "sample_every": 0},
                      lr_epochs=4, checkpoints=4, eval_samples=10, lr_eval_samples=5, figure_samples=2),
 }
