@@ -664,12 +664,15 @@ def build_model(cfg, state_dict=None):
     (oneDNN) and GPUs (cuDNN) are fastest in it at the small batches of sampling."""
     model = UNet(cfg).to(memory_format=torch.channels_last)
     if state_dict is not None:
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError:  # a layer missing, extra or of another shape: the file was edited or damaged
-            raise UserError("checkpoint weights do not fit the model its config describes; "
-                            "train it again or use the file it came with") from None
+        load_weights(model, state_dict)
     return model
+
+def load_weights(model, state_dict):
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError:  # a layer missing, extra or of another shape: another version of this script, or edited
+        raise UserError("checkpoint weights do not fit the model its config describes (saved by another version of "
+                        "this script, or edited); train it again or use the script it came with") from None
 
 def load_model(path=DEFAULT_CHECKPOINT, device="cpu"):
     """A checkpoint -> (model in eval mode with its EMA weights, its NoiseSchedule, its Config). Needs no training
@@ -914,9 +917,9 @@ def checkpoint_payload(trainer):
 
 def restore_training_state(payload, trainer):
     """Protects an interrupted run: resumed, it ends with an uninterrupted run's weights (tests/test_training.py)."""
-    trainer.model.load_state_dict(payload["model"])
+    load_weights(trainer.model, payload["model"])
     if trainer.ema:
-        trainer.ema.model.load_state_dict(payload["ema"])
+        load_weights(trainer.ema.model, payload["ema"])
     trainer.optimizer.load_state_dict(payload["optimizer"])
     trainer.lr_schedule.load_state_dict(payload["lr_schedule"])
     if payload["scaler"]:  # empty when saved without fp16, and an empty state cannot be loaded

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import rollNumber_05 as ddpm
+from conftest import run_cli
 
 
 class RunsCode:
@@ -109,6 +110,17 @@ def test_weights_that_do_not_fit_their_config_are_a_user_error(run_copy):
     torch.save(payload, path)
     with pytest.raises(ddpm.UserError, match="checkpoint weights do not fit the model its config describes"):
         ddpm.load_model(path)
+
+
+def test_resuming_weights_of_another_script_version_is_a_one_line_error(run_copy, tmp_path):
+    for path in (run_copy / "checkpoints").glob("step_*.pt"):
+        payload = torch.load(path, weights_only=True)
+        for weights in (payload["model"], payload["ema"]):  # a layer this version of the U-Net does not have
+            weights["head.weight"] = torch.zeros(3, 4, 3, 3)
+        torch.save(payload, path)
+    rc, out, err = run_cli("train", "--out-dir", run_copy, "--resume", cwd=tmp_path)
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: checkpoint weights do not fit the model")
 
 
 def test_exported_model_holds_no_optimiser_state(run_copy):
