@@ -71,11 +71,10 @@ def notebook_code_cells(path):
 
 def build_text(root=ROOT, script_name=SCRIPT_NAME):
     """The all-code text of the sources under root, the script called script_name."""
-    script = (Path(root) / SCRIPT_NAME).read_text(encoding="utf-8")  # text mode reads '\r\n' as '\n'
-    cells = notebook_code_cells(Path(root) / NOTEBOOK_NAME)
-    if script_name != SCRIPT_NAME:
-        script = rename_in_text(script, script_name)
-        cells = [(index, rewrite_script_imports(source, Path(script_name).stem)) for index, source in cells]
+    # text mode reads '\r\n' as '\n'; under its own name the renaming changes nothing
+    script = rename_in_text((Path(root) / SCRIPT_NAME).read_text(encoding="utf-8"), script_name)
+    cells = [(index, rewrite_script_imports(source, Path(script_name).stem))
+             for index, source in notebook_code_cells(Path(root) / NOTEBOOK_NAME)]
     notebook = "\n".join(f"# ---- notebook cell {index} ----\n{without_magics(source).rstrip()}\n"
                          for index, source in cells)
     sources = [(script_name, script), (NOTEBOOK_NAME, notebook)]

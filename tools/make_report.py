@@ -17,9 +17,9 @@ the first photo of the first class with --data-dir, else of a sample of DIR's mo
 --data-dir the photos as the model sees them and each test sample beside its nearest photos. The photos' licence
 keeps them out of the repository, so a report built with --data-dir must be written elsewhere than DIR/Report.pdf.
 
-Building DIR/Report.pdf (the default --out) also writes DIR/report/built_from.json: the sha256 of
-DIR/results/metrics.json (which tools/package_submission.py checks) and of every other input (tests/test_report.py
-checks them all). The PDF is byte-for-byte reproducible: Typst uses only the fonts it ships, and no date.
+Building DIR/Report.pdf (the default --out) also writes DIR/report/built_from.json: the sha256 of every input and
+of the PDF (tests/test_report.py checks that the committed report is current). The PDF is byte-for-byte
+reproducible: Typst uses only the fonts it ships, and no date.
 """
 import argparse
 import json
@@ -205,18 +205,13 @@ def draw_figures(submission_dir, metrics, data_dir, folder):
                                                        in spread.values())}
 
 
-def load_metrics(submission_dir):
-    path = Path(submission_dir) / RESULTS / "metrics.json"
-    if not path.is_file():
-        raise ReportError(f"{path} is missing; make it with python tools/make_submission.py (see Readme.txt)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def build(submission_dir, out, name, roll_number, data_dir=None):
     """Writes the report of submission_dir to `out` (None: its Report.pdf), with the student's name and roll number
     on the title page; with data_dir, the figures that show the training photos too."""
-    submission_dir = Path(submission_dir)
-    metrics = load_metrics(submission_dir)
+    submission_dir, metrics_path = Path(submission_dir), Path(submission_dir) / RESULTS / "metrics.json"
+    if not metrics_path.is_file():
+        raise ReportError(f"{metrics_path} is missing; make it with python tools/make_submission.py (see Readme.txt)")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     notes = read_notes(submission_dir / NOTES)
     # Typst reads files only under its root folder: the figures of results/ are copied beside the built ones
     with tempfile.TemporaryDirectory() as root:
@@ -254,8 +249,7 @@ def input_digests(submission_dir):
 def write_built_from(submission_dir):
     """submission_dir/report/built_from.json: what its Report.pdf was built from."""
     folder = Path(submission_dir)
-    record = {"results_sha256": sha256(folder / RESULTS / "metrics.json"), "inputs": input_digests(folder),
-              "report_sha256": sha256(folder / REPORT)}
+    record = {"inputs": input_digests(folder), "report_sha256": sha256(folder / REPORT)}
     (folder / BUILT_FROM).parent.mkdir(parents=True, exist_ok=True)
     (folder / BUILT_FROM).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 

@@ -176,19 +176,16 @@ def lr_label(lr):
 
 def lr_run_summary(folder):
     """One run of the learning-rate experiment in numbers: its loss at the end (overall and per quarter of the t
-    range), its lowest loss and when (a run that diverges climbs away from it), its steps and time. A run stopped
-    by non-finite losses has no run_info.json: its log says how far it came; the losses it never had are None."""
+    range), its steps and time. A run stopped by non-finite losses has no run_info.json: its log says how far it
+    came; the losses it never had are None."""
     rows = ddpm.read_log(folder / "log.csv")
     finite = [r for r in rows if math.isfinite(r["loss"])]
     info = folder / "run_info.json"
     info = json.loads(info.read_text()) if info.is_file() else {"steps": int(rows[-1]["step"]),
                                                                   "train_seconds": rows[-1]["elapsed_s"]}
-    lowest = min(finite, key=lambda r: r["loss"]) if finite else None
     return {"steps": info["steps"], "train_seconds": info["train_seconds"],
             "final_loss": final_mean(finite, "loss") if finite else None,
-            "final_loss_per_t_quarter": [final_mean(finite, f"loss_t{q}") for q in range(1, 5)] if finite else None,
-            "lowest_loss": lowest["loss"] if lowest else None,
-            "lowest_loss_step": int(lowest["step"]) if lowest else None}
+            "final_loss_per_t_quarter": [final_mean(finite, f"loss_t{q}") for q in range(1, 5)] if finite else None}
 
 
 def lr_sweep(runs, out):

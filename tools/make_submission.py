@@ -383,7 +383,6 @@ def lr_results(plan, diverged):
                                                  "judged_class_share", "denoising_loss_per_t",
                                                  "denoising_loss_past_t1")}}
         run["failed"] = failure(lr in diverged, run["denoising_loss_past_t1"])
-        run["diverged"] = run["failed"] == "diverged"
         runs.append(run)
     picked, default = pick_lr(runs, plan.cfg.lr), figures.lr_label(plan.cfg.lr)
     all_failed = all(r["failed"] for r in runs)
