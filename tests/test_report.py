@@ -405,6 +405,16 @@ def test_filling_a_section_takes_it_off_the_blank_list(tmp_path):
     assert make_report.read_notes(path)[second] == "Seen."
 
 
+def test_each_chapters_notes_start_a_paragraph_of_their_own():
+    """A blank line before each note in the Typst source: the student's reading never runs on from a sentence of
+    the template (Memorisation's did)."""
+    titles = make_report.notes_sections()
+    notes = {title: f"NOTE-{number}" for number, title in enumerate(titles)}
+    for classes in (RUN_A, ["Bear", "Cat", "Cow", "Dog", "Elephant"]):
+        text = make_report.render_text(synthetic_metrics(classes), FORWARD, False, notes)
+        assert all(f"\n\nNOTE-{number}" in text for number in range(len(titles)))
+
+
 def test_missing_notes_are_all_blank(tmp_path):
     assert make_report.read_notes(tmp_path / "none.md") == {}
     assert make_report.blank_notes(tmp_path / "none.md") == make_report.notes_sections()
